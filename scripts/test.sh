@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs sluice's test suite on a fresh Debian/Ubuntu machine.
+#
+#   ./scripts/test.sh [pytest args...]
+#
+# Creates a virtualenv (.venv-<python version>), installs sluice with its test extras,
+# makes sure the services the tests use are there (RabbitMQ, nginx with the stream module,
+# Chromium), then runs pytest. Settings:
+#   SLUICE_PYTHON=3.11|3.9|/path/to/python   interpreter to test with (default: python3)
+#   SLUICE_AMQP_URL=amqp://...               use this broker instead of starting one
+#   SLUICE_ES_URL=http://...                 use a real Elasticsearch instead of the stand-in
+# Anything missing is installed with apt-get when running as root; otherwise the script
+# stops and says what to install. Tests are never skipped for a missing service.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+PYTHON="$(resolve_python "${SLUICE_PYTHON:-python3}")"
+VERSION="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+VENV=".venv-$VERSION"
+
+log "python $VERSION ($PYTHON), virtualenv $VENV"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q -e ".[test,lint]"
+
+ensure_apt_packages nginx-light libnginx-mod-stream chromium
+ensure_rabbitmq
+
+log "pytest $*"
+exec "$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,138 @@
+"""A RabbitMQ link that keeps itself up.
+
+:class:`BrokerLink` connects with aiormq, opens one channel, runs the caller's ``setup``
+(topology declarations, ``basic_qos``, consumers), and when the connection or channel
+breaks it tells ``on_lost`` and reconnects with exponential backoff and full jitter.
+While it is down, :attr:`channel` raises :class:`BrokerUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, Callable, Optional
+
+import aiormq
+
+from .backoff import Backoff
+from .errors import BrokerUnavailable
+from .lifecycle import TaskOwner
+from .logs import get_logger
+from .settings import _mask_url
+
+__all__ = ["BrokerLink"]
+
+log = get_logger(__name__)
+
+Setup = Callable[[Any], Awaitable[None]]
+OnLost = Callable[[BaseException], None]
+
+
+class BrokerLink:
+    def __init__(
+        self,
+        url: str,
+        *,
+        setup: Setup | None = None,
+        on_lost: OnLost | None = None,
+        publisher_confirms: bool = True,
+        backoff: Backoff | None = None,
+        name: str = "broker",
+    ) -> None:
+        self._url = url
+        self._setup = setup
+        self._on_lost = on_lost
+        self._confirms = publisher_confirms
+        self._backoff = backoff or Backoff(base=0.2, cap=10.0)
+        self._name = name
+        self._connection: Optional[aiormq.abc.AbstractConnection] = None
+        self._channel: Optional[aiormq.abc.AbstractChannel] = None
+        self._up = asyncio.Event()
+        self._tasks = TaskOwner(f"{name}-link")
+        self.connects = 0
+
+    @property
+    def is_up(self) -> bool:
+        return self._up.is_set()
+
+    @property
+    def channel(self) -> aiormq.abc.AbstractChannel:
+        if not self._up.is_set() or self._channel is None or self._channel.is_closed:
+            raise BrokerUnavailable("no link to RabbitMQ")
+        return self._channel
+
+    async def wait_up(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def start(self) -> None:
+        self._tasks.spawn(self._run(), name=f"{self._name}-link")
+
+    async def _connect(self) -> None:
+        connection = await aiormq.connect(self._url)
+        try:
+            channel = await connection.channel(publisher_confirms=self._confirms)
+            if self._setup is not None:
+                await self._setup(channel)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._channel = connection, channel
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = self._backoff.next_delay()
+                log.warning("broker_connect_failed", link=self._name, url=_mask_url(self._url),
+                            error=repr(exc), retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+                continue
+            self.connects += 1
+            self._backoff.reset()
+            self._up.set()
+            log.info("broker_connected", link=self._name, url=_mask_url(self._url))
+            assert self._connection is not None and self._channel is not None
+            # Whichever closes first, connection or channel, ends this link.
+            # asyncio.wait never cancels what it waits on: aiormq owns these futures.
+            await asyncio.wait(
+                [self._connection.closing, self._channel.closing],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            reason = self._close_reason()
+            self._up.clear()
+            log.warning("broker_link_lost", link=self._name, error=repr(reason))
+            if self._on_lost is not None:
+                self._on_lost(reason)
+            await self._drop()
+            await asyncio.sleep(self._backoff.next_delay())
+
+    def _close_reason(self) -> BaseException:
+        for thing in (self._channel, self._connection):
+            fut = getattr(thing, "closing", None)
+            if fut is not None and fut.done() and not fut.cancelled():
+                exc: BaseException | None = fut.exception()
+                if exc is not None:
+                    return exc
+        return BrokerUnavailable("link closed")
+
+    async def _drop(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 5)
+
+    async def close(self) -> None:
+        await self._tasks.close()
+        was_up = self._up.is_set()
+        self._up.clear()
+        if was_up and self._on_lost is not None:
+            self._on_lost(BrokerUnavailable("link closed by its owner"))
+        await self._drop()

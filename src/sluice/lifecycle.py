@@ -1,0 +1,94 @@
+"""Task ownership and process lifecycle.
+
+Nothing in sluice is fire-and-forget: every background task belongs to a
+:class:`TaskOwner`, which cancels and awaits whatever is still running on ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Coroutine
+from typing import Any, Callable, TypeVar
+
+from .logs import get_logger
+
+__all__ = ["TaskOwner", "install_uvloop", "run_service", "stop_on_signals"]
+
+T = TypeVar("T")
+log = get_logger(__name__)
+
+
+class TaskOwner:
+    """Owns tasks; a task that fails is logged, and ``close()`` cancels the rest."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+        if self._closed:
+            coro.close()
+            raise RuntimeError(f"{self._name} is closed")
+        task = asyncio.ensure_future(coro)
+        if name:
+            task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("task_failed", owner=self._name, task=task.get_name(), error=repr(exc),
+                      exc_info=exc)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+
+
+def install_uvloop() -> bool:
+    """Use uvloop when it is importable; returns whether it is in use."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """Set ``stop`` on SIGTERM or SIGINT; returns a function removing the handlers."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+
+    def remove() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+def run_service(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a service's main coroutine on uvloop when available; returns its exit status."""
+    install_uvloop()
+    return asyncio.run(main())

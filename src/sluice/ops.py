@@ -1,0 +1,67 @@
+"""The operations side port every long-running service serves over HTTP:
+
+- ``/healthz``: the process is alive and its event loop answers (always 200 while running);
+- ``/readyz``: 200 when the service can do its job (its dependencies are reachable), else 503;
+- ``/metrics``: Prometheus text format.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from aiohttp import web
+
+from .metrics import Registry
+
+__all__ = ["OpsServer"]
+
+ReadyCheck = Callable[[], "dict[str, bool]"]
+
+
+class OpsServer:
+    """A tiny aiohttp app on its own port; ``ready`` returns named checks, all must pass."""
+
+    def __init__(self, registry: Registry, ready: ReadyCheck, host: str, port: int) -> None:
+        self._registry = registry
+        self._ready = ready
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.bound_port: int | None = None
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        checks = self._ready()
+        ready = all(checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=self._registry.render(), content_type="text/plain", charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    async def start(self) -> None:
+        if self._port < 0:
+            return
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,331 @@
+"""Wire protocol v1: length-prefixed msgpack frames between clients and servers.
+
+A frame is a 4-byte unsigned big-endian length ``L`` (1..max_frame) followed by ``L`` bytes
+holding one msgpack map with string keys and a ``"type"``. ``docs/protocol.md`` is the
+normative description; this module is its implementation for both directions.
+
+Everything that can go wrong with bytes from a peer raises :class:`ProtocolError` with one
+of the codes below, and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+import msgpack
+
+from .errors import ProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "HEADER_SIZE",
+    "KIND_PATTERN",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Batch",
+    "Bye",
+    "ClientMessage",
+    "ErrorCode",
+    "ErrorFrame",
+    "FrameDecoder",
+    "Hello",
+    "Nack",
+    "Ping",
+    "Pong",
+    "ServerMessage",
+    "Welcome",
+    "decode_body",
+    "encode",
+    "encode_batch",
+    "parse_client",
+    "parse_server",
+    "read_frame",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+KIND_PATTERN = re.compile(r"[a-z0-9_.-]{1,64}")
+MAX_UINT64 = 2**64 - 1
+
+
+class ErrorCode:
+    """Codes carried by ``error`` frames (the connection closes after them)."""
+
+    FRAME_TOO_LARGE = "frame_too_large"
+    BAD_FRAME = "bad_frame"
+    BAD_MESSAGE = "bad_message"
+    UNEXPECTED_TYPE = "unexpected_type"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    IDLE_TIMEOUT = "idle_timeout"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    SHUTTING_DOWN = "shutting_down"
+    DUPLICATE_SEQ = "duplicate_seq"
+
+
+# -- messages ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    client_id: str
+    version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "hello", "version": self.version, "client_id": self.client_id}
+
+
+@dataclass(frozen=True)
+class Batch:
+    seq: int
+    kind: str
+    count: int
+    payload: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "batch", "seq": self.seq, "kind": self.kind, "count": self.count,
+                "payload": self.payload}
+
+
+@dataclass(frozen=True)
+class Ping:
+    nonce: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "ping", "nonce": self.nonce}
+
+
+@dataclass(frozen=True)
+class Bye:
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "bye"}
+
+
+@dataclass(frozen=True)
+class Welcome:
+    server_id: str
+    max_frame: int
+    max_inflight: int
+    version: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "welcome", "version": self.version, "server_id": self.server_id,
+                "max_frame": self.max_frame, "max_inflight": self.max_inflight}
+
+
+@dataclass(frozen=True)
+class Ack:
+    seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "ack", "seq": self.seq}
+
+
+@dataclass(frozen=True)
+class Nack:
+    seq: int
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "nack", "seq": self.seq, "code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Pong:
+    nonce: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "pong", "nonce": self.nonce}
+
+
+@dataclass(frozen=True)
+class ErrorFrame:
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "error", "code": self.code, "message": self.message}
+
+
+ClientMessage = Union[Hello, Batch, Ping, Bye]
+ServerMessage = Union[Welcome, Ack, Nack, Pong, ErrorFrame]
+Message = Union[ClientMessage, ServerMessage]
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+_packer_default = msgpack.Packer(use_bin_type=True)
+
+
+def encode(message: Message | Mapping[str, Any], max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """One whole frame (length prefix included) for a message or a plain map."""
+    body: bytes = msgpack.packb(
+        message.to_dict() if not isinstance(message, Mapping) else dict(message), use_bin_type=True
+    )
+    if len(body) > max_frame:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame of {len(body)} bytes exceeds {max_frame}")
+    return HEADER.pack(len(body)) + body
+
+
+def encode_batch(seq: int, kind: str, count: int, payload: bytes) -> bytes:
+    """The batch frame, built without an intermediate dict: this is the client's hot path."""
+    body = b"".join((
+        b"\x85\xa4type\xa5batch\xa3seq", _packer_default.pack(seq),
+        b"\xa4kind", _packer_default.pack(kind),
+        b"\xa5count", _packer_default.pack(count),
+        b"\xa7payload", _packer_default.pack(payload),
+    ))
+    return HEADER.pack(len(body)) + body
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """A frame body as a map with string keys and a string ``type``."""
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"frame body is not one msgpack value: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"frame body is a msgpack {type(obj).__name__}, not a map")
+    for key in obj:
+        if not isinstance(key, str):
+            raise ProtocolError(ErrorCode.BAD_FRAME, "map keys must be strings")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, 'message has no string "type"')
+    return obj
+
+
+def _check_length(length: int, max_frame: int) -> None:
+    if length == 0:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame length is 0")
+    if length > max_frame:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame of {length} bytes exceeds the limit of {max_frame}")
+
+
+class FrameDecoder:
+    """Incremental decoder: feed it bytes as they come, get whole message maps back.
+
+    A length over the limit is refused as soon as its 4 header bytes are seen, so an
+    oversized body is never buffered.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._max_frame = max_frame
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buffer += data
+        out: list[dict[str, Any]] = []
+        while len(self._buffer) >= HEADER_SIZE:
+            (length,) = HEADER.unpack_from(self._buffer)
+            _check_length(length, self._max_frame)
+            end = HEADER_SIZE + length
+            if len(self._buffer) < end:
+                break
+            body = bytes(self._buffer[HEADER_SIZE:end])
+            del self._buffer[:end]
+            out.append(decode_body(body))
+        return out
+
+
+async def read_frame(reader: asyncio.StreamReader, max_frame: int) -> bytes | None:
+    """The next frame body from a stream, or None on a clean end of stream between frames."""
+    try:
+        header = await reader.readexactly(HEADER_SIZE)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise ProtocolError(ErrorCode.BAD_FRAME, "stream ended inside a frame header") from exc
+    (length,) = HEADER.unpack(header)
+    _check_length(length, max_frame)
+    try:
+        body: bytes = await reader.readexactly(length)
+        return body
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "stream ended inside a frame body") from exc
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+def _field(msg: Mapping[str, Any], name: str, kind: type, what: str) -> Any:
+    if name not in msg:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f'{msg["type"]} needs "{name}" ({what})')
+    value = msg[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f'{msg["type"]}.{name} must be {what}, not {type(value).__name__}'
+        )
+    return value
+
+
+def _uint(msg: Mapping[str, Any], name: str) -> int:
+    value: int = _field(msg, name, int, "an unsigned integer")
+    if value < 0 or value > MAX_UINT64:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f'{msg["type"]}.{name} must be 0..2**64-1')
+    return value
+
+
+def _str(msg: Mapping[str, Any], name: str) -> str:
+    value: str = _field(msg, name, str, "a string")
+    return value
+
+
+def parse_client(msg: Mapping[str, Any]) -> ClientMessage:
+    """A decoded map from a client as a typed message; raises ProtocolError."""
+    kind = msg["type"]
+    if kind == "batch":
+        batch_kind = _str(msg, "kind")
+        if not KIND_PATTERN.fullmatch(batch_kind):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "batch.kind must match [a-z0-9_.-]{1,64}")
+        payload = _field(msg, "payload", bytes, "binary (msgpack bin)")
+        return Batch(seq=_uint(msg, "seq"), kind=batch_kind, count=_uint(msg, "count"), payload=payload)
+    if kind == "hello":
+        version = _field(msg, "version", int, "an integer")
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}",
+            )
+        client_id = _str(msg, "client_id")
+        if not 1 <= len(client_id) <= 128:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello.client_id must be 1 to 128 characters")
+        return Hello(client_id=client_id, version=version)
+    if kind == "ping":
+        return Ping(nonce=msg.get("nonce"))
+    if kind == "bye":
+        return Bye()
+    raise ProtocolError(ErrorCode.UNEXPECTED_TYPE, f"a client may not send {kind!r} frames")
+
+
+def parse_server(msg: Mapping[str, Any]) -> ServerMessage:
+    """A decoded map from a server as a typed message; raises ProtocolError."""
+    kind = msg["type"]
+    if kind == "ack":
+        return Ack(seq=_uint(msg, "seq"))
+    if kind == "nack":
+        return Nack(seq=_uint(msg, "seq"), code=_str(msg, "code"), message=_str(msg, "message"))
+    if kind == "welcome":
+        return Welcome(
+            server_id=_str(msg, "server_id"), max_frame=_uint(msg, "max_frame"),
+            max_inflight=_uint(msg, "max_inflight"), version=_field(msg, "version", int, "an integer"),
+        )
+    if kind == "pong":
+        return Pong(nonce=msg.get("nonce"))
+    if kind == "error":
+        return ErrorFrame(code=_str(msg, "code"), message=_str(msg, "message"))
+    raise ProtocolError(ErrorCode.UNEXPECTED_TYPE, f"a server may not send {kind!r} frames")

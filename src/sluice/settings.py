@@ -1,0 +1,195 @@
+"""Typed settings: one dataclass per service, filled from defaults, then ``SLUICE_*``
+environment variables, then command-line flags (the later wins).
+
+A field is declared with :func:`option`, which records its help text and whether it is a
+secret. The same declaration drives ``--help``, the environment variable name
+(``SLUICE_<FIELD_NAME_UPPER>``), parsing, and the masked summary each service logs at start::
+
+    @dataclass(frozen=True)
+    class ServerSettings(CommonSettings):
+        port: int = option(7000, "TCP port for client connections")
+
+Validation lives in each class's ``__post_init__`` and raises :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+import sys
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "BrokerSettings",
+    "CommonSettings",
+    "StoreSettings",
+    "add_arguments",
+    "describe",
+    "env_name",
+    "load",
+    "option",
+]
+
+ENV_PREFIX = "SLUICE_"
+
+S = TypeVar("S", bound="CommonSettings")
+
+
+def option(default: Any, help: str, *, secret: bool = False, metavar: str | None = None) -> Any:
+    """Declare a settings field with its help text (shown in ``--help``)."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "secret": secret, "metavar": metavar}
+    )
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """Settings every service has."""
+
+    log_level: str = option("info", "log level: debug, info, warning or error")
+    instance_id: str = option("", "name of this instance in logs and metrics (default host-pid)")
+
+    def __post_init__(self) -> None:
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ConfigError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
+        if not self.instance_id:
+            object.__setattr__(self, "instance_id", _default_instance_id())
+
+
+@dataclass(frozen=True)
+class BrokerSettings(CommonSettings):
+    """Settings of services that talk to RabbitMQ."""
+
+    amqp_url: str = option(
+        "amqp://guest:guest@localhost:5672/", "RabbitMQ URL (the password is masked in logs)"
+    )
+    namespace: str = option(
+        "sluice", "prefix of every exchange and queue name (exchange <namespace>.ingest)"
+    )
+    http_port: int = option(8080, "HTTP port for /healthz, /readyz and /metrics (0 = any free port, -1 = off)")
+
+
+@dataclass(frozen=True)
+class StoreSettings(CommonSettings):
+    """Settings of services that talk to Elasticsearch."""
+
+    es_url: str = option("http://localhost:9200", "Elasticsearch URL")
+    index_prefix: str = option("sluice", "prefix of the index template and daily indices")
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, globalns=vars(sys.modules[cls.__module__]))
+
+
+def _base_type(hint: Any) -> Any:
+    """``Optional[X]`` -> X; other hints unchanged."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0]
+    return hint
+
+
+def _parse(raw: str, hint: Any, name: str) -> Any:
+    target = _base_type(hint)
+    try:
+        if target is bool:
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if target is int:
+            return int(raw)
+        if target is float:
+            return float(raw)
+        if typing.get_origin(target) is tuple:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}: cannot read {raw!r} as {getattr(target, '__name__', target)}") from exc
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[CommonSettings]) -> None:
+    """Add one flag per settings field; flags default to None so unset ones fall through."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}; default {shown!r}]"
+        help_text = help_text.replace("%", "%%")
+        if hint is bool:
+            parser.add_argument(
+                _flag(f.name), dest=f.name, default=None,
+                action=argparse.BooleanOptionalAction, help=help_text,
+            )
+        else:
+            parser.add_argument(
+                _flag(f.name), dest=f.name, default=None, metavar=f.metadata.get("metavar"),
+                help=help_text,
+            )
+
+
+def load(
+    cls: type[S], args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> S:
+    """Build settings: defaults, then environment, then flags that were given."""
+    environ = os.environ if environ is None else environ
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        given = getattr(args, f.name, None) if args is not None else None
+        if given is not None:
+            values[f.name] = given if isinstance(given, bool) else _parse(str(given), hints[f.name], _flag(f.name))
+        elif env_name(f.name) in environ:
+            values[f.name] = _parse(environ[env_name(f.name)], hints[f.name], env_name(f.name))
+    return cls(**values)
+
+
+def _mask_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return value
+    if parts.password is None:
+        return value
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe(settings: CommonSettings) -> dict[str, Any]:
+    """Settings as a plain dict for the start-up log line, with secrets masked."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.metadata.get("secret") and value:
+            value = "***"
+        elif isinstance(value, str) and "://" in value:
+            value = _mask_url(value)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out

@@ -1,0 +1,75 @@
+"""The RabbitMQ topology, declared the same way by servers and parsers.
+
+Every declaration is idempotent, so whichever service starts first creates it and the
+others find it in place::
+
+    <ns>.ingest (topic) --raw.<kind>--> <ns>.raw.<kind> (quorum queue)
+                                            | dead-lettered (delivery limit, rejects)
+    <ns>.dead   (topic) --dead.<kind>--> <ns>.dead.<kind> (quorum queue)
+
+Quorum queues survive a broker restart, replicate in a cluster, and count redeliveries,
+which gives the delivery limit that stops a poison message from looping forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Topology"]
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str = "sluice"
+    #: deliveries of one message before RabbitMQ dead-letters it (crash loops, requeues)
+    delivery_limit: int = 5
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.namespace}.ingest"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.namespace}.dead"
+
+    @staticmethod
+    def routing_key(kind: str) -> str:
+        return f"raw.{kind}"
+
+    @staticmethod
+    def dead_routing_key(kind: str) -> str:
+        return f"dead.{kind}"
+
+    def raw_queue(self, kind: str) -> str:
+        return f"{self.namespace}.raw.{kind}"
+
+    def dead_queue(self, kind: str) -> str:
+        return f"{self.namespace}.dead.{kind}"
+
+    def raw_queue_arguments(self, kind: str) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": self.dead_exchange,
+            "x-dead-letter-routing-key": self.dead_routing_key(kind),
+            "x-delivery-limit": self.delivery_limit,
+        }
+
+    async def declare(self, channel: Any, kinds: Iterable[str]) -> None:
+        """Declare exchanges, and the raw and dead-letter queue of every kind."""
+        await channel.exchange_declare(exchange=self.exchange, exchange_type="topic", durable=True)
+        await channel.exchange_declare(
+            exchange=self.dead_exchange, exchange_type="topic", durable=True
+        )
+        for kind in kinds:
+            await channel.queue_declare(
+                self.raw_queue(kind), durable=True, arguments=self.raw_queue_arguments(kind)
+            )
+            await channel.queue_bind(self.raw_queue(kind), self.exchange, self.routing_key(kind))
+            await channel.queue_declare(
+                self.dead_queue(kind), durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await channel.queue_bind(
+                self.dead_queue(kind), self.dead_exchange, self.dead_routing_key(kind)
+            )

@@ -1,0 +1,155 @@
+"""RabbitMQ for tests: the shared broker, per-test namespaces, and a private node that a
+test may stop and start without disturbing anyone else.
+
+The shared broker is ``SLUICE_AMQP_URL`` or the local default; ``scripts/test.sh`` starts
+it. A missing broker fails the tests with instructions: it never skips them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import aiormq
+import pytest
+
+from sluice.topology import Topology
+
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+TEST_KINDS = ("measurement", "other")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _reachable(url: str) -> str | None:
+    async def probe() -> None:
+        conn = await asyncio.wait_for(aiormq.connect(url), 10)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return repr(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    url = os.environ.get("SLUICE_AMQP_URL", DEFAULT_URL)
+    problem = _reachable(url)
+    if problem is not None:
+        pytest.fail(
+            f"RabbitMQ is not reachable at {url} ({problem}). Run the tests with ./scripts/test.sh, "
+            "which starts a local broker (apt-get install rabbitmq-server), or set SLUICE_AMQP_URL.",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture
+async def namespace(amqp_url: str) -> AsyncIterator[str]:
+    """A unique topology namespace: this test's exchanges and queues are its own."""
+    ns = f"t{uuid.uuid4().hex[:12]}"
+    yield ns
+    await delete_topology(amqp_url, Topology(namespace=ns), TEST_KINDS)
+
+
+async def delete_topology(url: str, topology: Topology, kinds: tuple[str, ...]) -> None:
+    try:
+        conn = await asyncio.wait_for(aiormq.connect(url), 10)
+    except Exception:
+        return
+    try:
+        for kind in kinds:
+            for queue in (topology.raw_queue(kind), topology.dead_queue(kind)):
+                channel = await conn.channel()
+                with contextlib.suppress(aiormq.exceptions.AMQPError):
+                    await channel.queue_delete(queue)
+        for exchange in (topology.exchange, topology.dead_exchange):
+            channel = await conn.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.exchange_delete(exchange)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class PrivateBroker:
+    """A RabbitMQ node of this test's own, on its own ports, that the test may stop."""
+
+    node: str
+    port: int
+    env: dict[str, str]
+    base: str
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def ctl(self, *args: str, timeout: float = 60) -> None:
+        subprocess.run(["rabbitmqctl", "-n", self.node, *args], env=self.env, check=True,
+                       capture_output=True, timeout=timeout)
+
+    def stop_app(self) -> None:
+        self.ctl("stop_app")
+
+    def start_app(self) -> None:
+        self.ctl("start_app")
+        self.ctl("await_startup")
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[PrivateBroker]:
+    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+        pytest.fail("this test needs a local rabbitmq-server: apt-get install rabbitmq-server "
+                    "(./scripts/test.sh installs it)", pytrace=False)
+    name = f"sluicetest{uuid.uuid4().hex[:8]}"
+    node = f"{name}@{socket.gethostname().split('.')[0]}"
+    port = free_port()
+    base = tempfile.mkdtemp(prefix=name, dir="/tmp")
+    os.chmod(base, 0o777)
+    plugins = os.path.join(base, "enabled_plugins")
+    with open(plugins, "w") as f:
+        f.write("[].\n")
+    os.chmod(plugins, 0o666)
+    env = dict(os.environ)
+    env.update({
+        "RABBITMQ_NODENAME": node,
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(free_port()),
+        "RABBITMQ_MNESIA_BASE": os.path.join(base, "mnesia"),
+        "RABBITMQ_LOG_BASE": os.path.join(base, "log"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": plugins,
+        "RABBITMQ_PID_FILE": os.path.join(base, "pid"),
+    })
+    subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60)
+    broker = PrivateBroker(node=node, port=port, env=env, base=base)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            broker.ctl("await_startup", timeout=60)
+            break
+        except subprocess.SubprocessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    try:
+        yield broker
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            broker.ctl("stop", timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
