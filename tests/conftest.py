@@ -13,4 +13,5 @@ if os.path.join(ROOT, "src") not in sys.path:
 
 pytest_plugins = [
     "tests.support.rabbitmq",
+    "tests.support.elasticsearch",
 ]

@@ -1,0 +1,200 @@
+"""Elasticsearch: the client factory, the index template and index naming.
+
+Documents go to daily indices ``<prefix>-<kind>-YYYY.MM.DD`` (UTC day of the record's
+``@timestamp``), all matched by the composable template ``<prefix>`` for ``<prefix>-*``.
+Time-based indices rather than data streams: they behave the same on every server we
+target (osmem, the test stand-in, rejects data streams), and ``create`` with an explicit
+``_id`` into a named daily index makes redelivered records answer 409 instead of
+indexing twice.
+
+The parser writes through :func:`make_client` and :func:`index_name`; the API reads
+through :func:`index_pattern`. Both call :func:`ensure_template` at startup, so whichever
+starts first installs the mapping before any index is created.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import re
+from collections.abc import Sequence
+from typing import Any, Union
+
+from elasticsearch import ApiError, AsyncElasticsearch, TransportError
+
+from .errors import IndexingError, StoreUnavailable
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "KEYWORD_FIELDS",
+    "TEMPLATE_PRIORITY",
+    "ensure_template",
+    "index_name",
+    "index_pattern",
+    "index_template",
+    "make_client",
+    "store_error",
+]
+
+DEFAULT_PREFIX = "sluice"
+
+# Above the built-in ``logs-*-*`` / ``metrics-*-*`` templates (priority 100) so a prefix
+# such as "logs" never ties with them, which Elasticsearch rejects.
+TEMPLATE_PRIORITY = 200
+
+# Bumped whenever the mapping changes; recorded in the template's ``_meta``.
+TEMPLATE_VERSION = 1
+
+KEYWORD_FIELDS = ("id", "kind", "sensor", "metric", "unit", "parser")
+
+_DATE_FORMAT = "strict_date_optional_time||epoch_millis"
+_MS_PER_DAY = 86_400_000
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+# Index names are lowercase and a few characters are forbidden; "-" is kept out of kinds
+# so that ``<prefix>-<kind>-*`` can never match another kind's indices.
+_PREFIX_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]*\Z")
+_KIND_RE = re.compile(r"[a-z0-9][a-z0-9_]*\Z")
+
+# Statuses after which the same request may succeed later.
+_RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+
+Hosts = Union[str, Sequence[str]]
+
+
+def make_client(url: Hosts, **opts: Any) -> AsyncElasticsearch:
+    """An ``AsyncElasticsearch`` for ``url`` (one URL, a comma-separated list, or a list).
+
+    Credentials may be given in the URL (``http://user:pass@host:9200``). ``opts`` go to
+    ``AsyncElasticsearch`` and override the defaults here: bulk requests of a few
+    thousand documents can take longer than the library's 10 s default timeout.
+    """
+    hosts = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
+    hosts = [h for h in hosts if h]
+    if not hosts:
+        raise ValueError("no Elasticsearch URL given")
+    options: dict[str, Any] = {
+        "request_timeout": 30.0,
+        "max_retries": 3,
+        "retry_on_timeout": True,
+    }
+    options.update(opts)
+    return AsyncElasticsearch(hosts, **options)
+
+
+def _check_prefix(prefix: str) -> str:
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(
+            f"invalid index prefix {prefix!r}: lowercase letters, digits, '_', '.', '-'; "
+            "starting with a letter or digit"
+        )
+    return prefix
+
+
+def _check_kind(kind: str) -> str:
+    if not _KIND_RE.match(kind):
+        raise ValueError(
+            f"invalid record kind {kind!r} for an index name: lowercase letters, digits "
+            "and '_', starting with a letter or digit"
+        )
+    return kind
+
+
+def index_template(prefix: str = DEFAULT_PREFIX, *, replicas: int | None = None) -> dict[str, Any]:
+    """The body of the composable index template ``<prefix>`` for ``<prefix>-*``.
+
+    Pass it as keyword arguments to ``indices.put_index_template(name=prefix, ...)``.
+    ``replicas`` sets ``number_of_replicas`` (0 keeps a one-node cluster green);
+    ``None`` leaves the cluster's default.
+    """
+    _check_prefix(prefix)
+    settings: dict[str, Any] = {"number_of_shards": 1}
+    if replicas is not None:
+        settings["number_of_replicas"] = replicas
+    properties: dict[str, Any] = {name: {"type": "keyword"} for name in KEYWORD_FIELDS}
+    properties.update(
+        {
+            "value": {"type": "double"},
+            "@timestamp": {"type": "date", "format": _DATE_FORMAT},
+            "ingested_at": {"type": "date", "format": _DATE_FORMAT},
+            "tags": {"type": "object", "dynamic": True},
+        }
+    )
+    return {
+        "index_patterns": [f"{prefix}-*"],
+        "priority": TEMPLATE_PRIORITY,
+        "template": {
+            "settings": {"index": settings},
+            "mappings": {
+                # Tag names are open-ended; ``flattened`` would be the natural type but
+                # osmem rejects it, and per-tag keywords query the same way.
+                "dynamic_templates": [
+                    {
+                        "tags_as_keywords": {
+                            "path_match": "tags.*",
+                            "mapping": {"type": "keyword", "ignore_above": 1024},
+                        }
+                    }
+                ],
+                "properties": properties,
+            },
+        },
+        "_meta": {"managed_by": "sluice", "version": TEMPLATE_VERSION},
+    }
+
+
+async def ensure_template(
+    client: AsyncElasticsearch, prefix: str = DEFAULT_PREFIX, *, replicas: int | None = None
+) -> None:
+    """Install (or overwrite with the same content) the template ``<prefix>``.
+
+    Safe to call from every process at startup. Indices created before it keep their
+    mapping; only new daily indices pick up a change.
+    """
+    try:
+        await client.indices.put_index_template(name=prefix, **index_template(prefix, replicas=replicas))
+    except (ApiError, TransportError) as exc:
+        raise store_error(exc, f"cannot install index template {prefix!r}") from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _day_suffix(day: int) -> str:
+    try:
+        date = _EPOCH + _dt.timedelta(days=day)
+    except OverflowError as exc:
+        raise ValueError(f"timestamp out of range (day {day} since 1970)") from exc
+    return date.strftime("%Y.%m.%d")
+
+
+def index_name(prefix: str, kind: str, ts_ms: float) -> str:
+    """The daily index for a record of ``kind`` at ``ts_ms`` (epoch milliseconds, UTC)."""
+    try:
+        day = int(ts_ms // _MS_PER_DAY)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"timestamp {ts_ms!r} is not a finite number of milliseconds") from exc
+    return f"{_check_prefix(prefix)}-{_check_kind(kind)}-{_day_suffix(day)}"
+
+
+def index_pattern(prefix: str = DEFAULT_PREFIX, kind: str = "*") -> str:
+    """The pattern matching every daily index of ``kind`` (``"*"``: of every kind)."""
+    _check_prefix(prefix)
+    if kind != "*":
+        _check_kind(kind)
+    return f"{prefix}-{kind}-*"
+
+
+def store_error(exc: Exception, context: str = "Elasticsearch request failed") -> IndexingError:
+    """Classify an elasticsearch-py error: ``StoreUnavailable`` when retrying later may
+    work (no connection, timeout, 408/429/5xx), ``IndexingError`` otherwise.
+
+    The caller raises the result ``from exc``.
+    """
+    if isinstance(exc, ApiError):
+        status = exc.meta.status
+        message = f"{context}: {status} {exc.message}"
+        if status in _RETRYABLE_STATUSES or status >= 500:
+            return StoreUnavailable(message)
+        return IndexingError(message)
+    if isinstance(exc, TransportError):
+        return StoreUnavailable(f"{context}: {exc.message}")
+    return IndexingError(f"{context}: {exc!r}")
