@@ -61,7 +61,10 @@ def validate_measurement(record: Any) -> dict[str, Any]:
     value = record["value"]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError("bad_value", "value must be a number")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError as exc:
+        raise RecordError("bad_value", "value is out of range for a double") from exc
     if not math.isfinite(value):
         raise RecordError("bad_value", "value must be finite")
     out["value"] = value

@@ -1,0 +1,150 @@
+"""The parsers that ship with sluice: ``measurement`` and ``uppercase``.
+
+They are registered in :data:`sluice.parser.registry.BUILTIN`. Both are on the hot path
+(a parser process must sustain tens of thousands of records per second), hence the
+cached timestamp formatting below instead of a ``datetime`` per record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Callable
+
+from ..errors import ConfigError, RecordError
+from ..records import MEASUREMENT_KIND, validate_measurement
+from .interface import ANY_KIND, Document, Record
+
+__all__ = ["MeasurementParser", "UppercaseParser", "iso_utc_ms"]
+
+
+def _check_options(parser: str, options: Mapping[str, str], allowed: frozenset[str]) -> None:
+    # A typo in an option name must stop startup, not be silently ignored.
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) if allowed else "no options"
+        raise ConfigError(
+            f"parser {parser!r} does not understand option(s) {', '.join(unknown)} "
+            f"(it takes {takes})"
+        )
+
+
+def _second_text(second: int) -> str:
+    t = time.gmtime(second)
+    # Formatted by hand: strftime's %Y does not zero-pad years below 1000 on every libc.
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    )
+
+
+class _MillisFormatter:
+    """Epoch milliseconds -> ``YYYY-MM-DDTHH:MM:SS.mmmZ``, remembering the last results.
+
+    Records arrive roughly in time order and the wall clock is read hundreds of times per
+    millisecond, so consecutive calls usually repeat the millisecond (the whole string is
+    reused) or the second (``gmtime`` is skipped). Several times cheaper than a
+    ``datetime`` per call.
+    """
+
+    __slots__ = ("_millis", "_second", "_second_text", "_text")
+
+    def __init__(self) -> None:
+        self._millis = self._second = -1
+        self._text = self._second_text = ""
+
+    def __call__(self, millis: int) -> str:
+        if millis == self._millis:
+            return self._text
+        second, ms = divmod(millis, 1000)
+        if second != self._second:
+            self._second_text = _second_text(second)
+            self._second = second
+        self._millis = millis
+        self._text = f"{self._second_text}.{ms:03d}Z"
+        return self._text
+
+
+def iso_utc_ms(millis: int) -> str:
+    """``1700000000123`` -> ``"2023-11-14T22:13:20.123Z"`` (no caching; for callers off the hot path)."""
+    second, ms = divmod(millis, 1000)
+    return f"{_second_text(second)}.{ms:03d}Z"
+
+
+class MeasurementParser:
+    """Validates a measurement record (:func:`sluice.records.validate_measurement`) and
+    makes the Elasticsearch document: the normalized record plus ``@timestamp`` (from
+    ``ts``), ``ingested_at`` (now) and ``parser``. Takes no options.
+    """
+
+    name = "measurement"
+    kinds = frozenset({MEASUREMENT_KIND})
+
+    def __init__(
+        self, options: Mapping[str, str] | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        _check_options(self.name, options or {}, frozenset())
+        # Separate formatters: record times and the wall clock fall in different seconds,
+        # so one shared cache would miss on every call.
+        self._timestamp = _MillisFormatter()
+        self._now = _MillisFormatter()
+        self._clock = clock
+
+    def parse(self, record: Record) -> Document:
+        doc = validate_measurement(record)  # a new dict: the input is never touched
+        doc["@timestamp"] = self._timestamp(doc["ts"])
+        doc["ingested_at"] = self._now(int(self._clock() * 1000))
+        doc["parser"] = "measurement"
+        return doc
+
+    def example(self) -> Document:
+        return {
+            "id": "0b6f2c1e-4d7a-4f59-9a1e-2f3c4d5e6f70",
+            "sensor": "boiler-7",
+            "metric": "temperature",
+            "value": 71.5,
+            "unit": "C",
+            "ts": 1_700_000_000_123,
+            "tags": {"site": "north"},
+        }
+
+
+class UppercaseParser:
+    """Upper-cases some string fields of a document; the example transformation.
+
+    Option ``fields``: comma-separated top-level field names (default ``sensor``). A field
+    that is absent stays absent; one that holds something other than a string is refused
+    with reason ``bad_<field>``, since upper-casing it silently would hide bad data.
+    """
+
+    name = "uppercase"
+    kinds = frozenset({ANY_KIND})
+    DEFAULT_FIELDS = ("sensor",)
+
+    def __init__(self, options: Mapping[str, str] | None = None) -> None:
+        options = options or {}
+        _check_options(self.name, options, frozenset({"fields"}))
+        if "fields" in options:
+            fields = tuple(f.strip() for f in options["fields"].split(",") if f.strip())
+            if not fields:
+                raise ConfigError("parser 'uppercase': option fields names no field")
+        else:
+            fields = self.DEFAULT_FIELDS
+        self.fields = fields
+        # Reasons are metric labels: computed once, from configuration, so they stay few.
+        self._checks = tuple((f, f"bad_{f}") for f in fields)
+
+    def parse(self, record: Record) -> Document:
+        if not isinstance(record, Mapping):
+            raise RecordError("not_a_map", f"a record must be a map, not {type(record).__name__}")
+        doc = dict(record)  # shallow copy: only top-level strings are replaced
+        for field, reason in self._checks:
+            if field in doc:
+                value = doc[field]
+                if not isinstance(value, str):
+                    raise RecordError(reason, f"{field} must be a string to upper-case it")
+                doc[field] = value.upper()
+        return doc
+
+    def example(self) -> Document:
+        return {field: f"{field}-a1" for field in self.fields}

@@ -1,0 +1,59 @@
+"""What a parser is: the contract every parser, in-tree or third-party, keeps.
+
+A parser turns one record (a map decoded from msgpack) into one document, or refuses it
+by raising :class:`~sluice.errors.RecordError` with a short reason slug; the worker
+dead-letters refused records with that reason, so reasons should come from a small fixed
+set (they become metric labels). A parser must not mutate its input: the worker keeps the
+original record to dead-letter it unchanged.
+
+In a chain, the first parser makes the document from the raw record and the ones after it
+transform that document, so a transform's "record" is the previous parser's output.
+
+This module is typing only; :mod:`sluice.parser.registry` builds parsers and chains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, Protocol, runtime_checkable
+
+__all__ = ["ANY_KIND", "Document", "Parser", "ParserFactory", "Record"]
+
+#: In ``Parser.kinds``: the parser accepts records of every kind (transforms do).
+ANY_KIND = "*"
+
+Record = Mapping[str, Any]
+Document = dict[str, Any]
+
+
+@runtime_checkable
+class Parser(Protocol):
+    """One parsing or transforming step.
+
+    Plain class attributes satisfy the read-only properties below, so a parser needs no
+    base class: ``name = "mine"`` and ``kinds = frozenset({"measurement"})`` are enough.
+    """
+
+    @property
+    def name(self) -> str:
+        """The name it is registered under; the registry checks they agree."""
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """Record kinds it accepts; ``{"*"}`` (:data:`ANY_KIND`) for all of them."""
+
+    def parse(self, record: Record) -> Document:
+        """A new document made from ``record``; raises ``RecordError(reason)`` to refuse it.
+
+        ``record`` is typed as a map, but it is whatever the wire carried: check that it
+        is one. Must not modify ``record`` or anything inside it.
+        """
+
+    def example(self) -> Document:
+        """A record this parser accepts, for the compliance test and the docs."""
+
+
+#: Builds a parser from its options (``--parser-option NAME.KEY=VALUE`` with the
+#: ``NAME.`` prefix removed). Raises ConfigError for options it does not understand.
+#: A class whose constructor takes the options mapping is a factory.
+ParserFactory = Callable[[Mapping[str, str]], Parser]
