@@ -40,10 +40,16 @@ def _reachable(url: str) -> str | None:
         conn = await asyncio.wait_for(aiormq.connect(url), 10)
         await conn.close()
 
+    # A private loop, not asyncio.run: asyncio.run ends with set_event_loop(None), which on
+    # Python 3.9 orphans the loop pytest-asyncio set up, and its unclosed self-pipe socket
+    # then fails some later test with a ResourceWarning.
+    loop = asyncio.new_event_loop()
     try:
-        asyncio.run(probe())
+        loop.run_until_complete(probe())
     except Exception as exc:
         return repr(exc)
+    finally:
+        loop.close()
     return None
 
 

@@ -1,0 +1,15 @@
+"""``sluice client``: streams records to sluice servers, and is the project's load generator.
+
+- :mod:`.sources`: synthetic sensors (generator mode) and NDJSON input (file mode)
+- :mod:`.stream`: one persistent connection: pipelining, acks, resends, splitting
+- :mod:`.feed`, :mod:`.batch`: the batches between the two
+- :mod:`.report`: counters, the progress line, the summary and the exit status
+- :mod:`.runner`: puts them together; :mod:`.main`: settings and the command
+"""
+
+from __future__ import annotations
+
+from .main import ClientSettings
+from .report import Summary
+
+__all__ = ["ClientSettings", "Summary"]

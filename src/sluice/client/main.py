@@ -1,0 +1,101 @@
+"""``sluice client``: stream records to sluice servers; also the load generator."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import ConfigError
+from ..logs import configure_logging, get_logger
+from ..protocol import KIND_PATTERN
+from ..records import MEASUREMENT_KIND
+from ..settings import CommonSettings, describe, load, option
+from ..settings import add_arguments as add_settings_arguments
+
+__all__ = ["HELP", "ClientSettings", "add_arguments", "main", "parse_target"]
+
+HELP = (
+    "Stream records to a sluice server over persistent TCP connections and report what was "
+    "acked. Without --file it generates synthetic sensor measurements (a load generator); "
+    "with --file PATH (or - for stdin) it sends NDJSON records, one per line, skipping and "
+    "reporting invalid lines. Every batch is kept until acked and resent after a nack or a "
+    "broken connection. Exit status: 0 all acked, 1 some record not acked, 3 all valid "
+    "records acked but some input lines were invalid."
+)
+
+log = get_logger(__name__)
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6addr]:port`` as (host, port); raises ConfigError."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"target must be HOST:PORT, not {target!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class ClientSettings(CommonSettings):
+    target: str = option("localhost:7000", "server (or load balancer) to stream to, HOST:PORT",
+                         metavar="HOST:PORT")
+    connections: int = option(1, "persistent connections to open, each with its own batches")
+    batch_size: int = option(500, "records per batch (one frame, one AMQP message)")
+    linger_ms: float = option(50.0, "send a partial batch once its first record is this old (ms)")
+    rate: float = option(0.0, "records per second to generate; 0 = as fast as they are acked")
+    duration: float = option(0.0, "seconds to generate for; 0 = until --count (or forever)")
+    count: int = option(0, "records to generate; 0 = until --duration (or forever)")
+    sensors: int = option(100, "number of synthetic sensors")
+    seed: Optional[int] = option(None, "seed for reproducible generated data (default random)")
+    file: str = option("", "send NDJSON records from PATH, or - for stdin, instead of generating",
+                       metavar="PATH")
+    kind: str = option(MEASUREMENT_KIND, "record kind (routing key raw.<kind>)")
+    max_tries: int = option(20, "sends of one batch (and connection attempts in a row without "
+                                "an ack) before giving it up as failed")
+    drain_timeout: float = option(30.0, "on SIGINT/SIGTERM, seconds to wait for acks still owed")
+    json: bool = option(False, "print the final summary as one JSON object on stdout")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_target(self.target)
+        for name in ("connections", "batch_size", "sensors", "max_tries"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in ("linger_ms", "rate", "duration", "count", "drain_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if not KIND_PATTERN.fullmatch(self.kind):
+            raise ConfigError(f"kind must match [a-z0-9_.-]{{1,64}}, not {self.kind!r}")
+        if not self.file and self.kind != MEASUREMENT_KIND:
+            raise ConfigError("the generator makes measurement records; other kinds need --file")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_target(self.target)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_settings_arguments(parser, ClientSettings)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load(ClientSettings, args)
+    configure_logging("client", settings.instance_id, settings.log_level)
+    log.info("client_starting", settings=describe(settings))
+    from ..lifecycle import run_service
+    from .report import exit_status, render_text
+    from .runner import run
+
+    summaries = []
+
+    async def go() -> int:
+        summaries.append(await run(settings))
+        return 0
+
+    run_service(go)
+    summary = summaries[0]
+    print(summary.to_json() if settings.json else render_text(summary), file=sys.stdout, flush=True)
+    return exit_status(summary)

@@ -1,0 +1,90 @@
+"""Runs one client: a source filling the feed, ``--connections`` streams draining it, the
+progress line, and the stop on SIGINT/SIGTERM (finish what is in flight, bounded)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+from ..errors import ConfigError
+from ..lifecycle import TaskOwner, stop_on_signals
+from ..logs import get_logger
+from .feed import Feed
+from .main import ClientSettings
+from .report import Stats, Summary, progress_loop
+from .sources import FileSource, GeneratorSource, MeasurementGenerator, Source, random_seed
+from .stream import Stream
+
+__all__ = ["build_source", "run"]
+
+log = get_logger(__name__)
+
+
+def build_source(settings: ClientSettings, stats: Stats) -> tuple[Source, int | None]:
+    """The configured source and, in generator mode, its seed."""
+    linger = settings.linger_ms / 1000.0
+    if settings.file:
+        if settings.file != "-" and not os.path.isfile(settings.file):
+            raise ConfigError(f"--file {settings.file!r} is not a readable file")
+        return FileSource(settings.file, stats, batch_size=settings.batch_size, linger=linger,
+                          kind=settings.kind), None
+    seed = settings.seed if settings.seed is not None else random_seed()
+    generator = MeasurementGenerator(seed, settings.instance_id, settings.sensors)
+    return GeneratorSource(
+        generator, stats, batch_size=settings.batch_size, linger=linger, rate=settings.rate,
+        count=settings.count, duration=settings.duration, kind=settings.kind,
+    ), seed
+
+
+async def _produce(source: Source, feed: Feed, stop: asyncio.Event) -> None:
+    try:
+        await source.run(feed, stop)
+    finally:
+        feed.close()
+
+
+async def run(settings: ClientSettings, *, stop: asyncio.Event | None = None,
+              progress: bool | None = None) -> Summary:
+    """Stream until the input ends (or ``stop`` is set) and return the summary."""
+    stats = Stats()
+    source, seed = build_source(settings, stats)
+    host, port = settings.host_port
+    # A few batches per connection queued ahead keeps every pipe full without hoarding.
+    feed = Feed(maxsize=4 * settings.connections)
+    stop = stop or asyncio.Event()
+    remove_handlers = stop_on_signals(stop)
+    client_prefix = settings.instance_id[:120]
+    streams = [
+        Stream(i, host, port, f"{client_prefix}-{i}", feed, stats, max_tries=settings.max_tries)
+        for i in range(settings.connections)
+    ]
+    owner = TaskOwner("client")
+    try:
+        stats.started = time.monotonic()
+        producer = owner.spawn(_produce(source, feed, stop), name="client-source")
+        running = {owner.spawn(s.run(), name=f"client-stream-{s.index}") for s in streams}
+        if progress if progress is not None else sys.stderr.isatty():
+            owner.spawn(progress_loop(stats), name="client-progress")
+        stopping = owner.spawn(stop.wait(), name="client-stop")
+        while running:
+            done, _ = await asyncio.wait(running | {stopping}, return_when=asyncio.FIRST_COMPLETED)
+            running -= done
+            if stopping in done:
+                log.info("client_stopping", drain_timeout=settings.drain_timeout,
+                         in_flight_records=stats.inflight)
+                if running:
+                    _, running = await asyncio.wait(running, timeout=settings.drain_timeout)
+                break
+        if not producer.done():
+            # Every stream gave up: nothing can send what the source still makes.
+            producer.cancel()
+        left = feed.drain()
+        if left or running:
+            log.error("client_unsent", queued_records=sum(b.count for b in left),
+                      held_records=sum(s.held() for s in streams))
+    finally:
+        remove_handlers()
+        await owner.close()
+    return Summary.of(stats, settings.target, settings.connections, seed)

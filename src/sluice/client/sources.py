@@ -1,0 +1,342 @@
+"""Where records come from: synthetic sensors (generator mode) or NDJSON (file mode).
+
+Both hand whole batches to a :class:`~sluice.client.feed.Feed`, cut by ``batch_size`` and
+``linger`` (a started batch is sent after ``linger`` seconds even if it is not full).
+
+Generator mode is the load generator, so records are not built as dicts and packed: each
+sensor has a precompiled :class:`struct.Struct` holding its record's msgpack bytes with
+holes for the id counter, the value and the timestamp, and a record costs one ``pack``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import queue
+import random
+import struct
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
+
+import msgpack
+import orjson
+
+from ..errors import RecordError
+from ..logs import RateLimitedLog, get_logger
+from ..records import MEASUREMENT_KIND, validate_measurement
+from .batch import OutBatch, array_header
+from .feed import Feed
+from .report import Stats
+
+__all__ = [
+    "METRICS",
+    "FileSource",
+    "GeneratorSource",
+    "MeasurementGenerator",
+    "Source",
+    "parse_line",
+    "random_seed",
+]
+
+log = get_logger(__name__)
+
+
+class Source(Protocol):
+    async def run(self, feed: Feed, stop: asyncio.Event) -> None:
+        """Put batches on ``feed`` until the input ends or ``stop`` is set."""
+
+
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(6), "big")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    low: float
+    high: float
+
+
+#: what synthetic sensors measure; sensor i measures METRICS[i % len(METRICS)]
+METRICS = (
+    Metric("temperature", "C", -10.0, 40.0),
+    Metric("humidity", "%", 10.0, 90.0),
+    Metric("pressure", "hPa", 980.0, 1040.0),
+    Metric("co2", "ppm", 400.0, 2000.0),
+    Metric("voltage", "V", 3.0, 3.6),
+)
+SITES = 8
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+class MeasurementGenerator:
+    """Deterministic synthetic measurements.
+
+    For a given ``seed``, ``instance`` and ``sensors``, record number *k* (counting from 0
+    across every batch) is always the same apart from ``ts``: sensor ``k % sensors``, value
+    from the k-th draw of ``random.Random(seed)``, and id ``<prefix><k as 12 hex digits>``.
+    The prefix (the first 80 bits of a version-4 UUID) is a hash of a draw from the seeded
+    generator and the instance id, so two clients never make the same ids, even with the
+    same seed, while one client reruns identically.
+    """
+
+    def __init__(self, seed: int, instance: str, sensors: int) -> None:
+        if sensors < 1:
+            raise ValueError("sensors must be at least 1")
+        self.seed = seed
+        self._rng = random.Random(seed)
+        digest = hashlib.blake2b(
+            self._rng.getrandbits(128).to_bytes(16, "big") + instance.encode(), digest_size=16
+        ).digest()
+        self.id_prefix = str(uuid.UUID(bytes=digest, version=4))[:24]
+        self._next = 0
+        self._templates = [self._template(i) for i in range(sensors)]
+
+    def _template(self, index: int) -> tuple[struct.Struct, bytes, bytes, bytes, float, float]:
+        metric = METRICS[index % len(METRICS)]
+        head = b"\x87\xa2id\xd9\x24" + self.id_prefix.encode()
+        middle = b"".join((
+            b"\xa6sensor", _pack(f"sensor-{index:05d}"), b"\xa6metric", _pack(metric.name),
+            b"\xa4unit", _pack(metric.unit), b"\xa4tags\x81\xa4site", _pack(f"site-{index % SITES}"),
+            b"\xa5value\xcb",
+        ))
+        tail = b"\xa2ts\xcf"
+        layout = struct.Struct(f">{len(head)}s12s{len(middle)}sd{len(tail)}sQ")
+        return layout, head, middle, tail, metric.low, metric.high - metric.low
+
+    @property
+    def made(self) -> int:
+        return self._next
+
+    def payload(self, count: int, ts: int) -> bytes:
+        """The msgpack array of the next ``count`` records, all stamped ``ts`` (epoch ms)."""
+        templates = self._templates
+        n_templates = len(templates)
+        draw = self._rng.random
+        parts = [array_header(count)]
+        append = parts.append
+        start = self._next
+        for k in range(start, start + count):
+            layout, head, middle, tail, low, span = templates[k % n_templates]
+            append(layout.pack(head, b"%012x" % k, middle, low + span * draw(), tail, ts))
+        self._next = start + count
+        return b"".join(parts)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
+    if delay > 0:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+
+
+class GeneratorSource:
+    """Synthetic sensors at ``rate`` records/s (0 = as fast as the streams take them),
+    until ``count`` records (0 = no limit) or ``duration`` seconds (0 = no limit)."""
+
+    def __init__(
+        self, generator: MeasurementGenerator, stats: Stats, *, batch_size: int, linger: float,
+        rate: float, count: int, duration: float, kind: str = MEASUREMENT_KIND,
+    ) -> None:
+        self._gen = generator
+        self._stats = stats
+        self._batch_size = batch_size
+        self._linger = linger
+        self._rate = rate
+        self._count = count
+        self._duration = duration
+        self._kind = kind
+
+    async def _emit(self, feed: Feed, count: int) -> None:
+        payload = self._gen.payload(count, _now_ms())
+        self._stats.produced += count
+        await feed.put(OutBatch(self._kind, count, payload))
+
+    async def run(self, feed: Feed, stop: asyncio.Event) -> None:
+        start = time.monotonic()
+        end = start + self._duration if self._duration > 0 else float("inf")
+        limit = self._count if self._count > 0 else float("inf")
+        made = 0
+        while not stop.is_set() and made < limit:
+            now = time.monotonic()
+            if now >= end:
+                break
+            want = int(min(self._batch_size, limit - made))
+            if self._rate > 0:
+                # Records fall due at start + k/rate. Send when a batch's worth is due, or
+                # when the oldest due record has waited `linger`, whichever comes first.
+                due = int((now - start) * self._rate) - made
+                if due < want:
+                    first_due = start + (made + 1) / self._rate
+                    full_at = start + (made + want) / self._rate
+                    wake = min(full_at, first_due + self._linger, end)
+                    await _sleep_or_stop(stop, wake - now)
+                    now = time.monotonic()
+                    due = int((min(now, end) - start) * self._rate) - made
+                want = min(want, due)
+                if want <= 0:
+                    continue
+            await self._emit(feed, want)
+            made += want
+
+
+# -- file mode -----------------------------------------------------------------------------
+
+
+def parse_line(raw: bytes, kind: str) -> dict[str, Any]:
+    """One NDJSON line as a record of ``kind``; raises RecordError with a reason."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError("bad_json", f"not JSON: {exc}") from exc
+    if kind == MEASUREMENT_KIND:
+        return validate_measurement(obj)
+    if not isinstance(obj, dict):
+        raise RecordError("not_a_map", f"a record must be a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+class _ChunkReader:
+    """Reads a file or stdin on a daemon thread, so a blocked read never holds the loop
+    (and a terminal or pipe that never ends never holds process exit)."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, stream: BinaryIO, close: bool) -> None:
+        self._stream = stream
+        self._close = close
+        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=16)
+        self._ready = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="sluice-file-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                try:
+                    data = self._stream.read1(self.CHUNK)  # type: ignore[attr-defined]
+                except BaseException as exc:
+                    self._hand_over(exc)
+                    return
+                self._hand_over(data)
+                if not data:
+                    return
+        finally:
+            if self._close:
+                self._stream.close()
+
+    def _hand_over(self, item: bytes | BaseException) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._chunks.put(item, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def next(self, timeout: float | None) -> bytes | None:
+        """The next chunk (b"" at end of input), or None when ``timeout`` passes first."""
+        while True:
+            for _ in range(2):
+                try:
+                    item = self._chunks.get_nowait()
+                except queue.Empty:
+                    self._ready.clear()  # then look again: a put may have raced the clear
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                return item
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                return None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+class FileSource:
+    """NDJSON from a file or ``-`` (stdin): each line is validated; bad lines are logged
+    with their line numbers, counted, and not sent. Blank lines are skipped."""
+
+    def __init__(self, path: str, stats: Stats, *, batch_size: int, linger: float,
+                 kind: str = MEASUREMENT_KIND) -> None:
+        self._path = path
+        self._stats = stats
+        self._batch_size = batch_size
+        self._linger = linger
+        self._kind = kind
+        self._rejects = RateLimitedLog(log, interval=1.0)
+
+    def _open(self) -> tuple[BinaryIO, bool]:
+        if self._path == "-":
+            return sys.stdin.buffer, False
+        # The reader thread closes the file when it is done with it.
+        return open(self._path, "rb"), True
+
+    async def _flush(self, feed: Feed, records: list[dict[str, Any]]) -> None:
+        payload = msgpack.packb(records, use_bin_type=True)
+        self._stats.produced += len(records)
+        await feed.put(OutBatch(self._kind, len(records), payload))
+
+    def _take(self, lineno: int, raw: bytes, into: list[dict[str, Any]]) -> None:
+        if not raw.strip():
+            return
+        try:
+            into.append(parse_line(raw, self._kind))
+        except RecordError as exc:
+            self._stats.reject_line(lineno)
+            # The first hundred are each logged; past that, a flood is summarized.
+            if self._stats.invalid <= 100:
+                log.warning("invalid_line", line=lineno, reason=exc.reason, error=exc.message)
+            else:
+                self._rejects.warning("invalid", "invalid_line", line=lineno, reason=exc.reason,
+                                      error=exc.message)
+
+    async def run(self, feed: Feed, stop: asyncio.Event) -> None:
+        stream, close = self._open()
+        reader = _ChunkReader(stream, close)
+        pending: list[dict[str, Any]] = []
+        first_at = 0.0
+        tail = b""
+        lineno = 0
+        try:
+            while not stop.is_set():
+                timeout = None
+                if pending:
+                    timeout = max(0.0, first_at + self._linger - time.monotonic())
+                chunk = await reader.next(timeout)
+                if chunk is None:  # linger expired on a partial batch
+                    await self._flush(feed, pending)
+                    pending = []
+                    continue
+                lines = (tail + chunk).split(b"\n") if chunk else [tail]
+                tail = lines.pop() if chunk else b""
+                for raw in lines:
+                    lineno += 1
+                    was_empty = not pending
+                    self._take(lineno, raw, pending)
+                    if was_empty and pending:
+                        first_at = time.monotonic()
+                    if len(pending) >= self._batch_size:
+                        await self._flush(feed, pending)
+                        pending = []
+                if not chunk:
+                    break
+            if pending:
+                await self._flush(feed, pending)
+        finally:
+            reader.stop()

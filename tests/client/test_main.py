@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sluice.client.main import ClientSettings, add_arguments, parse_target
+from sluice.errors import ConfigError
+from sluice.settings import load
+
+from .fakes import FakeServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _settings(*argv: str, environ: dict[str, str] | None = None) -> ClientSettings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return load(ClientSettings, parser.parse_args(list(argv)), environ or {})
+
+
+def test_defaults_match_the_service_contract() -> None:
+    s = _settings()
+    assert (s.target, s.connections, s.batch_size, s.kind) == ("localhost:7000", 1, 500, "measurement")
+    assert s.host_port == ("localhost", 7000)
+    assert s.seed is None and not s.json
+
+
+def test_flags_override_environment() -> None:
+    s = _settings("--connections", "3", "--seed", "9", "--json",
+                  environ={"SLUICE_CONNECTIONS": "2", "SLUICE_TARGET": "lb:7001"})
+    assert (s.connections, s.seed, s.json, s.target) == (3, 9, True, "lb:7001")
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("h:1", ("h", 1)), ("10.0.0.1:7000", ("10.0.0.1", 7000)), ("[::1]:7000", ("::1", 7000)),
+])
+def test_parse_target(target: str, expected: tuple[str, int]) -> None:
+    assert parse_target(target) == expected
+
+
+@pytest.mark.parametrize("argv", [
+    ["--target", "nohost"], ["--target", "h:0"], ["--connections", "0"], ["--batch-size", "0"],
+    ["--rate", "-1"], ["--kind", "Bad Kind"], ["--kind", "logs"],
+])
+def test_bad_settings_are_refused(argv: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        _settings(*argv)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeServer]:
+    server = FakeServer()
+    yield server
+    await server.close()
+
+
+async def _cli(*argv: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sluice", "client", *argv, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_json_summary_and_exit_0(fake: FakeServer) -> None:
+    port = await fake.start()
+    code, out, err = await _cli("--target", f"127.0.0.1:{port}", "--count", "2500", "--seed", "5",
+                                "--connections", "2", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["acked"] == summary["sent"] == 2500
+    assert summary["failed"] == 0 and summary["seed"] == 5
+    assert len(fake.acked_records()) == 2500
+
+
+async def test_cli_file_mode_with_bad_lines_exits_3(fake: FakeServer, tmp_path: Path) -> None:
+    port = await fake.start()
+    good = {"id": "a", "sensor": "s", "metric": "m", "value": 1, "ts": 1_700_000_000_000}
+    lines = [json.dumps(good), "not json", json.dumps({**good, "id": "b"}), '{"id": "c"}']
+    path = tmp_path / "in.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = await _cli("--target", f"127.0.0.1:{port}", "--file", str(path), "--json")
+    assert code == 3, err
+    summary = json.loads(out)
+    assert summary["acked"] == 2 and summary["invalid"] == 2
+    assert summary["invalid_lines"] == [2, 4]
+    logged = [json.loads(line) for line in err.splitlines() if '"invalid_line"' in line]
+    assert [entry["line"] for entry in logged] == [2, 4]
+    assert sorted(r["id"] for r in fake.acked_records()) == ["a", "b"]
+
+
+async def test_cli_reads_stdin(fake: FakeServer) -> None:
+    port = await fake.start()
+    good = {"id": "a", "sensor": "s", "metric": "m", "value": 1, "ts": 1_700_000_000_000}
+    data = "".join(json.dumps({**good, "id": f"s{i}"}) + "\n" for i in range(30)).encode()
+    code, out, err = await _cli("--target", f"127.0.0.1:{port}", "--file", "-", "--json",
+                                "--batch-size", "7", stdin=data)
+    assert code == 0, err
+    assert json.loads(out)["acked"] == 30
+    assert sorted(r["id"] for r in fake.acked_records()) == sorted(f"s{i}" for i in range(30))
+
+
+async def test_cli_exits_1_when_records_are_not_acked() -> None:
+    fake = FakeServer()
+    port = await fake.start()
+    await fake.close()
+    code, out, _ = await _cli("--target", f"127.0.0.1:{port}", "--count", "100", "--max-tries", "2",
+                              "--json")
+    assert code == 1
+    summary = json.loads(out)
+    assert summary["acked"] == 0 and summary["failed"] == summary["produced"] > 0
+
+
+async def test_cli_text_summary(fake: FakeServer) -> None:
+    port = await fake.start()
+    code, out, err = await _cli("--target", f"127.0.0.1:{port}", "--count", "10")
+    assert code == 0, err
+    for word in ("sent", "acked", "nacked", "resent", "failed", "elapsed", "records/s", "p50", "p99"):
+        assert word in out
+
+
+async def test_cli_help_lists_client_flags() -> None:
+    code, out, _ = await _cli("--help")
+    assert code == 0
+    for flag in ("--target", "--connections", "--batch-size", "--linger-ms", "--rate", "--duration",
+                 "--count", "--sensors", "--seed", "--file", "--json", "--max-tries", "--kind"):
+        assert flag in out
