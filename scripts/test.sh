@@ -9,6 +9,9 @@
 #   SLUICE_PYTHON=3.11|3.9|/path/to/python   interpreter to test with (default: python3)
 #   SLUICE_AMQP_URL=amqp://...               use this broker instead of starting one
 #   SLUICE_ES_URL=http://...                 use a real Elasticsearch instead of the stand-in
+# The Docker end-to-end test (marker `docker`) needs a Docker engine and locally built
+# images: scripts/ci-docker.sh installs the engine, starts it and builds them, unless the
+# pytest arguments deselect that test (-m "not docker").
 # Anything missing is installed with apt-get when running as root; otherwise the script
 # stops and says what to install. Tests are never skipped for a missing service.
 set -euo pipefail
@@ -28,6 +31,9 @@ fi
 
 ensure_apt_packages nginx-light libnginx-mod-stream chromium
 ensure_rabbitmq
+if [[ "$*" != *"not docker"* ]]; then
+    ./scripts/ci-docker.sh
+fi
 
 log "pytest $*"
 exec "$VENV/bin/python" -m pytest "$@"
