@@ -38,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         command = sub.add_parser(
             name, help=module.HELP, description=module.HELP,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(command)
         command.set_defaults(_module=module)

@@ -1,0 +1,309 @@
+"""One client connection: hello, batches, acks, pings, bye, idle timeout, error frames.
+
+The connection reads frames in one task. Each batch is handed to the publisher and
+counted in flight until it is settled; acks and nacks are written from the settle
+callback, so they go out in confirm order, which need not be the order batches arrived
+(clients match them by ``seq``). With ``max_inflight`` batches unsettled the reader stops
+reading the socket, so a client outrunning the broker is held back by TCP instead of
+filling the server's memory: per connection the server holds at most one frame being
+read, the stream reader's small buffer, and ``max_inflight`` payloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import msgpack
+
+from ..errors import ProtocolError
+from ..lifecycle import TaskOwner
+from ..logs import RateLimitedLog, get_logger
+from ..protocol import (
+    HEADER_SIZE,
+    Batch,
+    Bye,
+    ErrorCode,
+    Hello,
+    Nack,
+    Ping,
+    Pong,
+    decode_body,
+    encode,
+    parse_client,
+    read_frame,
+)
+from .metrics import ServerMetrics
+from .publisher import UNAVAILABLE, Publisher
+from .streams import close_stream, close_with_error
+
+__all__ = ["MAX_CLIENT_ID_BYTES", "Connection", "ConnectionContext", "encode_ack"]
+
+log = get_logger(__name__)
+
+#: AMQP message_id is a short string (255 bytes) holding "<client_id>:<seq>", and seq has
+#: up to 20 digits; every ASCII id of the protocol's 128 characters fits.
+MAX_CLIENT_ID_BYTES = 255 - 1 - 20
+
+IDLE = "idle"
+SHUTDOWN = "shutdown"
+
+_packer = msgpack.Packer(use_bin_type=True)
+_ACK_MAP = b"\x82\xa4type\xa3ack\xa3seq"
+_FRAME_TYPES = {Batch: "batch", Ping: "ping", Bye: "bye", Hello: "hello"}
+
+
+def encode_ack(seq: int) -> bytes:
+    """The ack frame for ``seq``, without building a dict: one is sent per batch."""
+    body: bytes = _ACK_MAP + _packer.pack(seq)
+    return len(body).to_bytes(HEADER_SIZE, "big") + body
+
+
+@dataclass(frozen=True)
+class ConnectionContext:
+    """What every connection of one server shares."""
+
+    max_frame: int
+    max_inflight: int
+    idle_timeout: float
+    welcome: bytes
+    publisher: Publisher
+    metrics: ServerMetrics
+    rejections: RateLimitedLog
+
+
+class Connection:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ConnectionContext
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._transport = writer.transport
+        self._ctx = ctx
+        self._loop = asyncio.get_running_loop()
+        self._tasks = TaskOwner("connection")
+        self._pending: set[int] = set()
+        self._slot: Optional[asyncio.Future[None]] = None
+        self._drained: Optional[asyncio.Future[None]] = None
+        self._read_task: Optional[asyncio.Task[Optional[ProtocolError]]] = None
+        self._idle_handle: Optional[asyncio.TimerHandle] = None
+        self._last_seen = self._loop.time()
+        self._stop_reason: Optional[str] = None
+        self._stop_deadline: Optional[float] = None
+        # set once the last frame (error or not) is written: nothing may follow it
+        self._sealed = False
+        self.client_id = ""
+        self.peer: Any = writer.get_extra_info("peername")
+
+    @property
+    def inflight(self) -> int:
+        return len(self._pending)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            if self._stop_reason is None:
+                self._arm_idle(self._ctx.idle_timeout)
+                self._read_task = self._tasks.spawn(self._read())
+                # asyncio.wait does not cancel the reader when serve() itself is cancelled;
+                # the finally below does, through the TaskOwner.
+                await asyncio.wait({self._read_task})
+            await self._conclude()
+        finally:
+            self._disarm_idle()
+            await self._tasks.close()
+            if not self._transport.is_closing():
+                self._transport.abort()
+
+    def stop(self, reason: str, deadline: Optional[float] = None) -> None:
+        """Stop reading: ``idle`` closes at once, ``shutdown`` first waits (until
+        ``deadline``, loop time) for the batches in flight and sends their acks."""
+        if reason == SHUTDOWN:
+            self._stop_deadline = deadline
+            if deadline is not None and self._drained is not None:
+                self._loop.call_at(deadline, self._release_drain)
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        if self._read_task is not None and not self._read_task.done():
+            self._read_task.cancel()
+
+    async def _conclude(self) -> None:
+        task = self._read_task
+        if task is None or task.cancelled():
+            if self._stop_reason == IDLE:
+                await self._fail(ErrorCode.IDLE_TIMEOUT,
+                                 f"no frame received for {self._ctx.idle_timeout:g} s")
+            else:
+                await self._drain()
+                await self._fail(ErrorCode.SHUTTING_DOWN,
+                                 "the server is shutting down; reconnect (possibly elsewhere)")
+            return
+        error = task.result()
+        if error is None:  # bye or end of stream: settle what is owed, then close
+            await self._drain()
+            self._sealed = True
+            await close_stream(self._writer)
+        else:
+            await self._fail(error.code, error.message)
+
+    async def _fail(self, code: str, message: str) -> None:
+        self._sealed = True
+        self._ctx.metrics.errors.inc(1, code)
+        self._ctx.rejections.warning(
+            code, "connection_rejected", code=code, reason=message, peer=str(self.peer),
+            client_id=self.client_id,
+        )
+        await close_with_error(self._reader, self._writer, code, message)
+
+    async def _drain(self) -> None:
+        """Wait for every batch in flight to be settled, or until the shutdown deadline;
+        what is still unconfirmed then is nacked ``unavailable``."""
+        if self._pending:
+            self._drained = self._loop.create_future()
+            handle = None
+            if self._stop_deadline is not None:
+                handle = self._loop.call_at(self._stop_deadline, self._release_drain)
+            try:
+                await self._drained
+            finally:
+                self._drained = None
+                if handle is not None:
+                    handle.cancel()
+        for seq in sorted(self._pending):
+            self._send_nack(seq, UNAVAILABLE, "the server shut down before RabbitMQ confirmed "
+                            "this batch; resend")
+        self._pending.clear()
+
+    def _release_drain(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # -- idle timeout ---------------------------------------------------------------------
+
+    def _arm_idle(self, delay: float) -> None:
+        self._idle_handle = self._loop.call_later(delay, self._check_idle)
+
+    def _disarm_idle(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
+    def _check_idle(self) -> None:
+        # A timer re-armed only when it fires, instead of a timeout per read: the hot path
+        # just stores a timestamp. A client waiting for our acks is not idle.
+        now = self._loop.time()
+        if self._pending:
+            self._last_seen = now
+        remaining = self._last_seen + self._ctx.idle_timeout - now
+        if remaining > 0:
+            self._arm_idle(remaining)
+        else:
+            self._idle_handle = None
+            self.stop(IDLE)
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def _next(self) -> Any:
+        body = await read_frame(self._reader, self._ctx.max_frame)
+        if body is None:
+            return None
+        self._last_seen = self._loop.time()
+        message = parse_client(decode_body(body))
+        self._ctx.metrics.frames.inc(1, _FRAME_TYPES[type(message)])
+        return message
+
+    async def _read(self) -> Optional[ProtocolError]:
+        """Read until bye or end of stream (None), or a protocol violation (returned, not
+        raised: bad input is expected, and is logged rate-limited, not as a task failure)."""
+        try:
+            await self._read_loop()
+        except ProtocolError as exc:
+            return exc
+        except (ConnectionError, OSError) as exc:  # the client vanished; it owes us nothing
+            log.debug("connection_broken", peer=str(self.peer), client_id=self.client_id,
+                      error=repr(exc))
+        return None
+
+    async def _read_loop(self) -> None:
+        message = await self._next()
+        if message is None:
+            return
+        if not isinstance(message, Hello):
+            raise ProtocolError(ErrorCode.UNEXPECTED_TYPE,
+                                f"the first frame must be hello, not {_FRAME_TYPES[type(message)]}")
+        if len(message.client_id.encode("utf-8")) > MAX_CLIENT_ID_BYTES:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                                f"hello.client_id must be at most {MAX_CLIENT_ID_BYTES} bytes "
+                                "in UTF-8")
+        self.client_id = message.client_id
+        self._writer.write(self._ctx.welcome)
+
+        max_inflight = self._ctx.max_inflight
+        writer = self._writer
+        while True:
+            if len(self._pending) >= max_inflight:
+                self._slot = self._loop.create_future()
+                await self._slot
+            # A client that does not read its acks is held back too.
+            await writer.drain()
+            message = await self._next()
+            if message is None:
+                return
+            kind = type(message)
+            if kind is Batch:
+                self._batch(message)
+            elif kind is Ping:
+                self._pong(message)
+            elif kind is Bye:
+                return
+            else:
+                raise ProtocolError(ErrorCode.UNEXPECTED_TYPE, "hello may be sent only once")
+
+    def _batch(self, batch: Batch) -> None:
+        seq = batch.seq
+        if seq in self._pending:
+            raise ProtocolError(ErrorCode.DUPLICATE_SEQ,
+                                f"batch seq {seq} is still in flight on this connection")
+        self._pending.add(seq)
+        metrics = self._ctx.metrics
+        metrics.batches.inc()
+        metrics.records.inc(batch.count)
+        metrics.bytes.inc(len(batch.payload))
+        self._ctx.publisher.publish(batch, self.client_id, self._settled)
+
+    def _pong(self, ping: Ping) -> None:
+        try:
+            frame = encode(Pong(ping.nonce), self._ctx.max_frame)
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "ping.nonce cannot be echoed") from exc
+        self._writer.write(frame)
+
+    # -- settling -------------------------------------------------------------------------
+
+    def _settled(self, seq: int, code: Optional[str], message: str) -> None:
+        if seq not in self._pending:  # already nacked at a shutdown deadline
+            return
+        self._pending.discard(seq)
+        if code is None:
+            if self._writable():
+                self._transport.write(encode_ack(seq))
+                self._ctx.metrics.acks.inc()
+        else:
+            self._send_nack(seq, code, message)
+        slot = self._slot
+        if slot is not None and not slot.done():
+            slot.set_result(None)
+        if not self._pending:
+            self._release_drain()
+
+    def _writable(self) -> bool:
+        return not self._sealed and not self._transport.is_closing()
+
+    def _send_nack(self, seq: int, code: str, message: str) -> None:
+        if self._writable():
+            self._transport.write(encode(Nack(seq, code, message)))
+            self._ctx.metrics.nacks.inc(1, code)

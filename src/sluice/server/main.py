@@ -1,0 +1,91 @@
+"""``sluice server``: settings and entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass
+
+from .. import settings as settings_mod
+from ..errors import ConfigError
+from ..lifecycle import run_service, stop_on_signals
+from ..logs import configure_logging, get_logger
+from ..protocol import DEFAULT_MAX_FRAME, KIND_PATTERN
+from ..settings import BrokerSettings, option
+
+__all__ = ["HELP", "ServerSettings", "add_arguments", "main", "serve"]
+
+HELP = (
+    "Accept client connections (wire protocol v1, docs/protocol.md) and publish every batch "
+    "to RabbitMQ with publisher confirms, acking each batch once RabbitMQ has it."
+)
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerSettings(BrokerSettings):
+    host: str = option("0.0.0.0", "address to listen on (ingest TCP and the HTTP side port)")
+    port: int = option(7000, "TCP port for client connections (0 = any free port)")
+    kinds: tuple[str, ...] = option(
+        ("measurement",), "record kinds whose queues are declared at start (comma-separated); "
+        "batches of other kinds are nacked unroutable unless something else binds them",
+    )
+    max_frame: int = option(DEFAULT_MAX_FRAME, "largest frame accepted, in bytes")
+    max_inflight: int = option(64, "unconfirmed batches per connection before the server "
+                                   "stops reading it")
+    max_connections: int = option(1000, "client connections served at once; more are refused")
+    idle_timeout: float = option(60.0, "seconds a connection with nothing in flight may stay "
+                                       "silent before it is closed")
+    drain_timeout: float = option(8.0, "seconds to wait on SIGTERM/SIGINT for in-flight "
+                                       "confirms before closing")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, not {self.port}")
+        if not self.kinds:
+            raise ConfigError("kinds must name at least one kind")
+        for kind in self.kinds:
+            if not KIND_PATTERN.fullmatch(kind):
+                raise ConfigError(f"kind {kind!r} must match [a-z0-9_.-]{{1,64}}")
+        if not 64 <= self.max_frame <= 2**32 - 1:
+            raise ConfigError(f"max_frame must be 64..{2**32 - 1} bytes, not {self.max_frame}")
+        if self.max_inflight < 1:
+            raise ConfigError(f"max_inflight must be at least 1, not {self.max_inflight}")
+        if self.max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, not {self.max_connections}")
+        if not self.idle_timeout > 0:
+            raise ConfigError(f"idle_timeout must be positive, not {self.idle_timeout}")
+        if not self.drain_timeout >= 0:
+            raise ConfigError(f"drain_timeout must be 0 or more, not {self.drain_timeout}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings_mod.add_arguments(parser, ServerSettings)
+
+
+async def serve(settings: ServerSettings) -> int:
+    """Run until SIGTERM or SIGINT, then drain and stop."""
+    from .app import IngestServer  # the app imports this module for ServerSettings
+
+    stop = asyncio.Event()
+    remove_handlers = stop_on_signals(stop)
+    server = IngestServer(settings)
+    try:
+        await server.start()
+        await stop.wait()
+        log.info("server_stopping", drain_timeout=settings.drain_timeout)
+        await server.shutdown()
+    finally:
+        remove_handlers()
+        await server.close()
+    log.info("server_stopped")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = settings_mod.load(ServerSettings, args)
+    configure_logging("server", settings.instance_id, settings.log_level)
+    log.info("server_settings", **settings_mod.describe(settings))
+    return run_service(lambda: serve(settings))
