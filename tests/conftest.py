@@ -13,5 +13,8 @@ if os.path.join(ROOT, "src") not in sys.path:
 
 pytest_plugins = [
     "tests.support.rabbitmq",
+    "tests.support.nginx",
     "tests.support.elasticsearch",
+    "tests.support.api",
+    "tests.support.browser",
 ]

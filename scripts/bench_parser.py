@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""Benchmark: records/s of one ``sluice parser`` process, and of a naive baseline.
+
+1. Starts a minimal Elasticsearch-compatible bulk endpoint in its own process. It answers
+   every bulk item as created, parsing only enough of the ndjson to count actions, so the
+   parser's own cost is what gets measured, not a store's.
+2. Fills a fresh namespace's queue with ``--records`` measurement records in messages of
+   ``--batch`` records, published the way ``sluice server`` does (msgpack array body,
+   routing key ``raw.measurement`` on ``<ns>.ingest``, persistent, confirmed).
+3. Starts one ``sluice parser`` process on that queue and times it from the moment its
+   startup is done (it installs the index template right before consuming) to the answer
+   to the bulk that completes the last record; then checks the queue is empty.
+4. In this process, the naive baseline: the same parsing, then one elasticsearch-py
+   ``create()`` request per document, for ``--naive`` records.
+
+Prints both rates and their ratio. Targets: >= 60,000 records/s and >= 20x naive.
+
+    PYTHONPATH=src python scripts/bench_parser.py [--records 200000] [--batch 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+SCRIPT = os.path.abspath(__file__)
+ROOT = os.path.dirname(os.path.dirname(SCRIPT))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+
+TARGET_RATE = 60_000
+TARGET_RATIO = 20
+
+# One realistic bulk item (what Elasticsearch answers for a created document).
+_ITEM = (
+    b'{"create":{"_index":"bench","_id":"-","_version":1,"result":"created",'
+    b'"_shards":{"total":1,"successful":1,"failed":0},"_seq_no":0,"_primary_term":1,'
+    b'"status":201}}'
+)
+_SMALL_ITEM = b'{"create":{"status":201}}'
+_HEADERS = {"X-Elastic-Product": "Elasticsearch", "Content-Type": "application/json"}
+
+
+# -- the endpoint (runs in its own process) ------------------------------------------------
+
+
+def serve_endpoint() -> None:
+    from aiohttp import web
+
+    stats: dict[str, Any] = {"docs": 0, "bulks": 0, "creates": 0, "template_at": None,
+                             "first_bulk_at": None, "last_bulk_at": None}
+
+    def json_response(payload: bytes, status: int = 200) -> web.Response:
+        return web.Response(body=payload, status=status, headers=_HEADERS)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path.endswith("/_bulk"):
+            body = await request.read()
+            now = time.monotonic()
+            # Every action is a create: an action line and a source line.
+            n = body.count(b"\n") // 2
+            stats["docs"] += n
+            stats["bulks"] += 1
+            stats["first_bulk_at"] = stats["first_bulk_at"] or now
+            stats["last_bulk_at"] = now
+            # Like Elasticsearch, honour filter_path (the parser asks for statuses only).
+            item = _SMALL_ITEM if "filter_path" in request.query else _ITEM
+            return json_response(b'{"errors":false,"items":[' + b",".join([item] * n) + b"]}")
+        if "/_create/" in path:
+            await request.read()
+            stats["creates"] += 1
+            return json_response(b'{"_index":"bench","_id":"-","_version":1,"result":"created",'
+                                 b'"_seq_no":0,"_primary_term":1}', status=201)
+        if path.startswith("/_index_template/"):
+            await request.read()
+            stats["template_at"] = time.monotonic()
+            return json_response(b'{"acknowledged":true}')
+        if path == "/_bench/stats":
+            return json_response(json.dumps(stats).encode())
+        if path == "/_bench/reset":
+            stats.update(docs=0, bulks=0, creates=0, template_at=None, first_bulk_at=None,
+                         last_bulk_at=None)
+            return json_response(b"{}")
+        # "/" and anything else: enough for the client's product check and ping.
+        return json_response(
+            b'{"name":"bench","cluster_name":"bench","version":{"number":"9.0.0",'
+            b'"build_flavor":"default"},"tagline":"You Know, for Search"}'
+        )
+
+    async def main() -> None:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        port = runner.addresses[0][1]
+        print(json.dumps({"url": f"http://127.0.0.1:{port}"}), flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main())
+
+
+# -- the benchmark -------------------------------------------------------------------------
+
+
+def make_records(n: int) -> list[dict[str, Any]]:
+    base = int(time.time() * 1000)
+    return [
+        {
+            "id": str(uuid.uuid4()),
+            "sensor": f"sensor-{i % 500}",
+            "metric": ("temperature", "humidity", "pressure")[i % 3],
+            "value": (i % 1000) / 10.0,
+            "unit": "C",
+            "ts": base + i,
+            "tags": {"site": f"site-{i % 7}"},
+        }
+        for i in range(n)
+    ]
+
+
+async def fill_queue(amqp_url: str, namespace: str, records: list[dict[str, Any]], batch: int) -> int:
+    import aiormq
+    import msgpack
+
+    from sluice.topology import Topology
+
+    topology = Topology(namespace)
+    conn = await aiormq.connect(amqp_url)
+    try:
+        channel = await conn.channel(publisher_confirms=True)
+        await topology.declare(channel, ["measurement"])
+        confirms = []
+        for n, start in enumerate(range(0, len(records), batch)):
+            body = msgpack.packb(records[start:start + batch])
+            confirms.append(channel.basic_publish(
+                body, exchange=topology.exchange, routing_key=topology.routing_key("measurement"),
+                properties=aiormq.spec.Basic.Properties(
+                    delivery_mode=2, message_id=f"bench-{n}", content_type="application/msgpack",
+                    headers={"x-sluice-count": min(batch, len(records) - start)},
+                ),
+                mandatory=True,
+            ))
+            if len(confirms) >= 100:
+                await asyncio.gather(*confirms)
+                confirms = []
+        await asyncio.gather(*confirms)
+        ok = await channel.queue_declare(topology.raw_queue("measurement"), passive=True)
+        return int(ok.message_count or 0)
+    finally:
+        await conn.close()
+
+
+async def queue_depth(amqp_url: str, namespace: str) -> int:
+    import aiormq
+
+    from sluice.topology import Topology
+
+    conn = await aiormq.connect(amqp_url)
+    try:
+        channel = await conn.channel()
+        ok = await channel.queue_declare(Topology(namespace).raw_queue("measurement"), passive=True)
+        return int(ok.message_count or 0)
+    finally:
+        await conn.close()
+
+
+async def delete_namespace(amqp_url: str, namespace: str) -> None:
+    import aiormq
+
+    from sluice.topology import Topology
+
+    topology = Topology(namespace)
+    conn = await aiormq.connect(amqp_url)
+    try:
+        channel = await conn.channel()
+        for queue in (topology.raw_queue("measurement"), topology.dead_queue("measurement")):
+            await channel.queue_delete(queue)
+        for exchange in (topology.exchange, topology.dead_exchange):
+            await channel.exchange_delete(exchange)
+    finally:
+        await conn.close()
+
+
+async def endpoint_stats(url: str) -> dict[str, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(url + "/_bench/stats") as resp:
+        stats: dict[str, Any] = await resp.json(content_type=None)
+        return stats
+
+
+def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    # Started before the clock runs; nothing else happens on the loop meanwhile.
+    return subprocess.Popen(cmd, **kwargs)
+
+
+async def run_parser(args: argparse.Namespace, es_url: str, namespace: str, n: int) -> float:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("SLUICE_PARSERS", None)
+    # BENCH_PYTHON_ARGS="-m cProfile -o parser.prof" profiles the parser process.
+    cmd = [
+        sys.executable, *os.environ.get("BENCH_PYTHON_ARGS", "").split(),
+        "-m", "sluice", "parser", "--amqp-url", args.amqp_url,
+        "--namespace", namespace, "--es-url", es_url, "--index-prefix", "bench",
+        "--http-port", "-1", "--log-level", "warning",
+        "--prefetch", str(args.prefetch), "--bulk-size", str(args.bulk_size),
+    ]
+    proc = spawn(cmd, env=env)
+    try:
+        deadline = time.monotonic() + args.timeout
+        cpu_start = None
+        while True:
+            stats = await endpoint_stats(es_url)
+            if cpu_start is None and stats["template_at"] is not None:
+                cpu_start = cpu_seconds(proc.pid)
+            if stats["docs"] >= n:
+                cpu = cpu_seconds(proc.pid) - (cpu_start or 0.0)
+                break
+            if proc.poll() is not None:
+                raise SystemExit(f"the parser exited early with status {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out: {stats['docs']} of {n} records indexed")
+            await asyncio.sleep(0.05)
+        if stats["docs"] != n:
+            raise SystemExit(f"the endpoint received {stats['docs']} documents, expected {n}")
+        elapsed = float(stats["last_bulk_at"]) - float(stats["template_at"])
+        # Acks follow the last bulk's answer; SIGTERM drains, then the queue must be empty.
+        for _ in range(100):
+            if await queue_depth(args.amqp_url, namespace) == 0:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(60)
+    if status != 0:
+        raise SystemExit(f"the parser exited with status {status}")
+    left = await queue_depth(args.amqp_url, namespace)
+    if left:
+        raise SystemExit(f"{left} messages were left in the queue after the parser stopped")
+    print(f"parser process: {n} records in {stats['bulks']} bulk requests, {elapsed:.3f} s; "
+          f"its CPU time meanwhile {cpu:.3f} s ({n / cpu:,.0f} records per CPU-second)")
+    return n / elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to show the cost apart from
+    whatever else competes for the machine."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_naive(es_url: str, records: list[dict[str, Any]]) -> float:
+    from sluice.es import index_name, make_client
+    from sluice.parser.registry import build_chain
+
+    chain = build_chain(["measurement"])
+    client = make_client(es_url)
+    try:
+        await client.info()  # connection and product check outside the timing
+        started = time.perf_counter()
+        for record in records:
+            doc = chain.parse(record)
+            await client.create(index=index_name("bench", "measurement", doc["ts"]),
+                                id=doc["id"], document=doc)
+        elapsed = time.perf_counter() - started
+    finally:
+        await client.close()
+    print(f"naive baseline: {len(records)} records, one create() request each, {elapsed:.3f} s")
+    return len(records) / elapsed
+
+
+async def bench(args: argparse.Namespace) -> int:
+    endpoint = spawn([sys.executable, SCRIPT, "--endpoint"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert endpoint.stdout is not None
+        es_url = json.loads(endpoint.stdout.readline())["url"]
+        namespace = f"bench{uuid.uuid4().hex[:10]}"
+        records = make_records(args.records)
+        try:
+            queued = await fill_queue(args.amqp_url, namespace, records, args.batch)
+            print(f"queue {namespace}.raw.measurement: {len(records)} records in {queued} "
+                  f"messages of {args.batch}")
+            rate = await run_parser(args, es_url, namespace, len(records))
+        finally:
+            await delete_namespace(args.amqp_url, namespace)
+        naive = await run_naive(es_url, make_records(args.naive))
+    finally:
+        endpoint.send_signal(signal.SIGTERM)
+        endpoint.wait(10)
+    ratio = rate / naive
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"parser:  {rate:,.0f} records/s (target >= {TARGET_RATE:,})")
+    print(f"naive:   {naive:,.0f} records/s")
+    print(f"ratio:   {ratio:.1f}x (target >= {TARGET_RATIO}x)")
+    ok = rate >= TARGET_RATE and ratio >= TARGET_RATIO
+    print("result:  " + ("targets met" if ok else "TARGETS MISSED"))
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=500, help="records per AMQP message")
+    parser.add_argument("--naive", type=int, default=3000, help="records for the naive baseline")
+    parser.add_argument("--prefetch", type=int, default=200)
+    parser.add_argument("--bulk-size", type=int, default=5000)
+    parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument("--amqp-url", default=os.environ.get(
+        "SLUICE_AMQP_URL", "amqp://guest:guest@localhost:5672/"))
+    parser.add_argument("--endpoint", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.endpoint:
+        serve_endpoint()
+        return 0
+    return asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The aiohttp application: routes, the JSON error middleware, request metrics, and the
+cleanup contexts that own the Elasticsearch client and the RabbitMQ connection.
+
+Errors never leave as HTML or a stack trace: every status other than 200 is
+``{"error": {"code", "message"}}``, including aiohttp's own 404 and 405.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Optional
+
+from aiohttp import web
+
+from ..backoff import Backoff
+from ..errors import IndexingError
+from ..es import ensure_template
+from ..lifecycle import TaskOwner
+from ..logs import get_logger
+from ..metrics import Counter, Registry
+from ..topology import Topology
+from .handlers import CONTEXT, ApiContext, add_routes
+from .openapi import openapi_document
+from .params import PLAIN, parse_query
+from .pipeline import QueueInspector
+from .responses import ApiError, error_body, json_response
+from .store import Store
+
+__all__ = ["ApiMetrics", "build_app", "static_dir"]
+
+log = get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiMetrics:
+    """What ``/metrics`` reports about the API itself."""
+
+    def __init__(self) -> None:
+        self.registry = Registry("sluice_api")
+        self.requests: Counter = self.registry.counter(
+            "requests_total", "HTTP requests answered, by route, method and status",
+            ("route", "method", "status"),
+        )
+        self.latency = self.registry.histogram(
+            "request_duration_seconds", "time to answer an HTTP request, all routes"
+        )
+        self.store_latency = self.registry.histogram(
+            "store_request_duration_seconds", "time of each Elasticsearch search the API sends"
+        )
+
+
+METRICS = web.AppKey("sluice_api_metrics", ApiMetrics)
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("sluice.api") / "static"))
+
+
+def _route_label(request: web.Request) -> str:
+    # The route's template, never the raw path: unknown paths must not grow the label set.
+    info = request.match_info
+    route = getattr(info, "route", None)
+    resource = getattr(route, "resource", None)
+    if resource is None or getattr(info, "http_exception", None) is not None:
+        return "unmatched"
+    return str(resource.canonical)
+
+
+def _not_found(request: web.Request) -> str:
+    return f"no such endpoint: {request.path}; see /api/v1/openapi.json"
+
+
+@web.middleware
+async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ApiError as exc:
+        status = exc.status
+        return json_response(request, error_body(exc.code, exc.message), status=exc.status)
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+        message = {
+            404: _not_found(request),
+            405: f"{request.method} is not allowed on {request.path}",
+        }.get(exc.status, exc.reason)
+        response = json_response(request, error_body(code, message), status=exc.status)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except asyncio.CancelledError:
+        status = 499  # the client went away
+        raise
+    except Exception as exc:
+        status = 500
+        log.error("unhandled_error", path=request.path, error=repr(exc), exc_info=exc)
+        return json_response(request, error_body("internal", "internal error; see the API's log"),
+                             status=500)
+    finally:
+        metrics = request.app[METRICS]
+        metrics.requests.inc(1, _route_label(request), request.method, str(status))
+        metrics.latency.observe(time.perf_counter() - started)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    parse_query(request.query, PLAIN)
+    return web.Response(
+        text=request.app[METRICS].registry.render(), content_type="text/plain", charset="utf-8"
+    )
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    parse_query(request.query, PLAIN)
+    return json_response(request, openapi_document())
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _asset(request: web.Request) -> web.FileResponse:
+    # Only the files that exist, by exact name: nothing else under the package is served.
+    name = request.match_info["name"]
+    path = static_dir() / name
+    if name.startswith(".") or "/" in name or not path.is_file():
+        raise ApiError(404, "not_found", _not_found(request))
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+async def _install_template(store: Store, replicas: Optional[int]) -> None:
+    """Install the index template once Elasticsearch answers, whenever that is."""
+    backoff = Backoff(base=0.5, cap=30.0)
+    while True:
+        try:
+            await ensure_template(store.client, store.prefix, replicas=replicas)
+        except IndexingError as exc:
+            log.warning("template_install_failed", error=str(exc)[:300])
+            await asyncio.sleep(backoff.next_delay())
+        else:
+            return
+
+
+def build_app(
+    *,
+    es_url: str,
+    index_prefix: str,
+    kinds: Sequence[str],
+    amqp_url: Optional[str],
+    namespace: str = "sluice",
+    es_timeout: float = 10.0,
+    install_template: bool = True,
+    template_replicas: Optional[int] = None,
+) -> web.Application:
+    """The API application; its resources open on startup and close on cleanup."""
+    metrics = ApiMetrics()
+    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=64 * 1024)
+    app[METRICS] = metrics
+
+    async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = Store(es_url, index_prefix, kinds, timeout=es_timeout, latency=metrics.store_latency)
+        inspector = QueueInspector(amqp_url) if amqp_url else None
+        tasks = TaskOwner("api")
+        app[CONTEXT] = ApiContext(store, inspector, Topology(namespace), tuple(kinds))
+        if install_template:
+            tasks.spawn(_install_template(store, template_replicas), name="install-template")
+        try:
+            yield
+        finally:
+            await tasks.close()
+            if inspector is not None:
+                await inspector.close()
+            await store.close()
+
+    app.cleanup_ctx.append(resources_ctx)
+    add_routes(app)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/api/v1/openapi.json", _openapi)
+    app.router.add_get("/", _index)
+    app.router.add_get("/static/{name}", _asset)
+    return app

@@ -1,0 +1,285 @@
+"""The OpenAPI 3.0 document served at ``/api/v1/openapi.json``.
+
+Parameters come from the same :class:`~.params.Param` declarations the handlers parse
+with; response schemas are written out here and checked against real answers by the
+schemathesis test, so the two cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from .. import __version__
+from . import params
+from .params import Param
+from .queries import MAX_BUCKETS
+from .responses import ERROR_CODES
+
+__all__ = ["openapi_document"]
+
+_NUM = {"type": "number", "nullable": True}
+_TIME = {"type": "string", "format": "date-time"}
+_TIME_OR_NULL = {"type": "string", "format": "date-time", "nullable": True}
+
+
+def _obj(properties: dict[str, Any], *, extra: bool = False) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": list(properties),
+        "properties": properties,
+        "additionalProperties": extra,
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_GROUP: dict[str, Any] = {
+    "count": {"type": "integer", "minimum": 0},
+    "avg": _NUM,
+    "min": _NUM,
+    "max": _NUM,
+    "sum": {"type": "number"},
+    "last_seen": _TIME_OR_NULL,
+}
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": _obj({
+        "error": _obj({
+            "code": {"type": "string", "enum": list(ERROR_CODES)},
+            "message": {"type": "string"},
+        }),
+    }),
+    "Filters": _obj({
+        "metric": {"type": "string", "nullable": True},
+        "sensor": {"type": "string", "nullable": True},
+        "from": _TIME_OR_NULL,
+        "to": _TIME_OR_NULL,
+        "tags": {"type": "array", "items": {"type": "string"}},
+    }),
+    "Stats": _obj({
+        "count": {"type": "integer", "minimum": 0, "description": "exact number of measurements"},
+        "sum": {"type": "number"},
+        "avg": _NUM,
+        "min": _NUM,
+        "max": _NUM,
+        "percentiles": _obj({"p50": _NUM, "p95": _NUM, "p99": _NUM}),
+        "filters": _ref("Filters"),
+    }),
+    "MetricGroup": _obj({"metric": {"type": "string"}, **_GROUP}),
+    "SensorGroup": {
+        **_obj({"sensor": {"type": "string"}, **_GROUP}),
+        "properties": {
+            "sensor": {"type": "string"},
+            **_GROUP,
+            "metrics": {"type": "array", "items": _ref("MetricGroup"),
+                        "description": "present when per_metric=true"},
+        },
+    },
+    "Sensors": _obj({
+        "total": {"type": "integer", "minimum": 0, "description": "measurements matched"},
+        "others_count": {"type": "integer", "minimum": 0,
+                         "description": "measurements of sensors beyond `size`"},
+        "sensors": {"type": "array", "items": _ref("SensorGroup")},
+        "order": {"type": "string", "enum": list(params.SENSOR_ORDERS)},
+        "filters": _ref("Filters"),
+    }),
+    "Histogram": _obj({
+        "interval": {"type": "string", "example": "5m"},
+        "interval_ms": {"type": "integer", "minimum": 1},
+        "from": _TIME_OR_NULL,
+        "to": _TIME_OR_NULL,
+        "buckets": {"type": "array", "items": _obj({
+            "t": _TIME,
+            "ts": {"type": "integer", "description": "bucket start, epoch ms"},
+            "count": {"type": "integer", "minimum": 0},
+            "avg": _NUM,
+        })},
+        "filters": _ref("Filters"),
+    }),
+    "Measurement": {
+        "type": "object",
+        "description": "a stored document, as the parser indexed it",
+        "required": ["id", "sensor", "metric", "value", "ts", "@timestamp"],
+        "properties": {
+            "id": {"type": "string"},
+            "sensor": {"type": "string"},
+            "metric": {"type": "string"},
+            "value": {"type": "number"},
+            "unit": {"type": "string"},
+            "ts": {"type": "integer", "description": "epoch ms"},
+            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+            "@timestamp": _TIME,
+            "ingested_at": _TIME,
+            "parser": {"type": "string"},
+        },
+        "additionalProperties": True,
+    },
+    "Measurements": _obj({
+        "total": {"type": "integer", "minimum": 0, "description": "exact, all pages"},
+        "size": {"type": "integer", "minimum": 1},
+        "measurements": {"type": "array", "items": _ref("Measurement")},
+        "next_cursor": {"type": "string", "nullable": True,
+                        "description": "pass as `cursor` for the next page; null on the last"},
+        "filters": _ref("Filters"),
+    }),
+    "QueueState": _obj({
+        "kind": {"type": "string"},
+        "queue": {"type": "string"},
+        "exists": {"type": "boolean", "nullable": True, "description": "null: broker down"},
+        "messages": {"type": "integer", "minimum": 0, "nullable": True,
+                     "description": "messages ready in the queue"},
+        "consumers": {"type": "integer", "minimum": 0, "nullable": True},
+    }),
+    "Pipeline": _obj({
+        "generated_at": _TIME,
+        "broker": _obj({"up": {"type": "boolean"}, "error": {"type": "string", "nullable": True}}),
+        "queues": {"type": "array", "items": _ref("QueueState")},
+        "dead_letters": _obj({
+            "total": {"type": "integer", "minimum": 0, "nullable": True,
+                      "description": "messages in every dead-letter queue; null: broker down"},
+            "queues": {"type": "array", "items": _ref("QueueState")},
+            "by_reason": {
+                "type": "array",
+                "nullable": True,
+                "description": "dead-letter documents in `<prefix>-dead-*` by `reason`, for "
+                "parsers that index their dead letters; null when the store cannot count them",
+                "items": _obj({"reason": {"type": "string"},
+                               "count": {"type": "integer", "minimum": 0}}),
+            },
+        }),
+        "ingest": _obj({
+            "from": _TIME,
+            "to": _TIME,
+            "count": {"type": "integer", "minimum": 0},
+            "rate_per_s": {"type": "number", "minimum": 0},
+            "buckets": {"type": "array", "items": _obj({
+                "t": _TIME, "ts": {"type": "integer"}, "count": {"type": "integer", "minimum": 0},
+            })},
+        }),
+    }),
+    "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}),
+    "Ready": _obj({
+        "ready": {"type": "boolean"},
+        "checks": _obj({"elasticsearch": {"type": "boolean"}}),
+    }),
+}
+
+
+def _parameter(p: Param) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": p.name,
+        "in": "query",
+        "required": False,
+        "description": p.description,
+        "schema": dict(p.schema),
+    }
+    if p.repeatable:
+        out.update(style="form", explode=True)
+    if p.example is not None:
+        out["example"] = p.example
+    out.update(p.extra)
+    return out
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _get(
+    summary: str,
+    schema: str,
+    parameters: Sequence[Param],
+    *,
+    store: bool = True,
+    tag: str = "data",
+    description: str = "",
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "200": {"description": "OK", "content": {"application/json": {"schema": _ref(schema)}}},
+        "400": _error("a parameter is missing its expected form; the message names it"),
+    }
+    if store:
+        responses["502"] = _error("Elasticsearch refused the query")
+        responses["503"] = _error("Elasticsearch is down or timing out; retry later")
+    op: dict[str, Any] = {
+        "summary": summary,
+        "tags": [tag],
+        "operationId": summary.lower().replace(" ", "_").replace(",", ""),
+        "parameters": [_parameter(p) for p in parameters],
+        "responses": responses,
+    }
+    if description:
+        op["description"] = description
+    return {"get": op}
+
+
+@functools.lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    ready = _get("Readiness", "Ready", params.PLAIN, store=False, tag="operations",
+                 description="200 when Elasticsearch answers, else 503 with ready=false.")
+    ready["get"]["responses"]["503"] = {
+        "description": "Elasticsearch does not answer",
+        "content": {"application/json": {"schema": _ref("Ready")}},
+    }
+    metrics_op = _get("Prometheus metrics", "Health", params.PLAIN, store=False, tag="operations")
+    metrics_op["get"]["responses"]["200"] = {
+        "description": "Prometheus text exposition format 0.0.4",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "sluice API",
+            "version": __version__,
+            "description": "Aggregations over the measurements sluice stored, and the state of "
+            "the pipeline. Every error is JSON: {\"error\": {\"code\", \"message\"}}. Add "
+            "`?pretty` for indented output.",
+        },
+        "paths": {
+            "/api/v1/stats": _get(
+                "Value statistics", "Stats", params.STATS,
+                description="count, sum, avg, min, max (exact) and p50/p95/p99 (estimated by "
+                "Elasticsearch's t-digest) of `value` over the filtered measurements.",
+            ),
+            "/api/v1/sensors": _get(
+                "Per-sensor statistics", "Sensors", params.SENSORS,
+                description="count, avg, min, max, sum and last seen per sensor, optionally per "
+                "metric within each sensor.",
+            ),
+            "/api/v1/histogram": _get(
+                "Date histogram", "Histogram", params.HISTOGRAM,
+                description="count and avg of `value` per time bucket. Without `from`/`to` the "
+                f"range is that of the matching data. At most {MAX_BUCKETS} buckets.",
+            ),
+            "/api/v1/measurements": _get(
+                "Latest measurements", "Measurements", params.MEASUREMENTS,
+                description="Newest first (by @timestamp, then id), paginated with "
+                "`next_cursor` (search_after): no deep offsets, no record missed or repeated.",
+            ),
+            "/api/v1/pipeline": _get(
+                "Pipeline state", "Pipeline", params.PIPELINE, tag="operations",
+                description="Depth and consumers of every raw and dead-letter queue (from "
+                "RabbitMQ; null while the broker is unreachable), dead letters by reason, and "
+                "documents ingested per minute over the last `minutes`.",
+            ),
+            "/api/v1/openapi.json": {"get": {
+                "summary": "This document", "tags": ["operations"], "operationId": "openapi",
+                "parameters": [_parameter(p) for p in params.PLAIN],
+                "responses": {
+                    "200": {"description": "OpenAPI 3.0",
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "400": _error("bad parameter"),
+                },
+            }},
+            "/healthz": _get("Liveness", "Health", params.PLAIN, store=False, tag="operations"),
+            "/readyz": ready,
+            "/metrics": metrics_op,
+        },
+        "components": {"schemas": _SCHEMAS},
+    }
+

@@ -1,0 +1,141 @@
+"""One AMQP message on its way through the parser: decoded, parsed, and turned into
+ready ``create`` actions plus the dead letters for whatever was rejected.
+
+This is the per-record hot path, so the loop below avoids per-record attribute lookups
+and builds each action with one ``bytes.join``; the ndjson body of a bulk request is then
+just these actions concatenated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+import msgpack
+import orjson
+from aiormq.abc import AbstractChannel, DeliveredMessage
+
+from ..errors import RecordError
+from ..es import index_name
+from .deadletter import POISON, DeadLetter
+from .indexer import action_prefix
+
+__all__ = ["Chain", "Delivery", "MessageDecoder"]
+
+_MS_PER_DAY = 86_400_000
+# Distinct days seen before the action-prefix cache is cleared (backfills span many).
+_DAY_CACHE_LIMIT = 4096
+
+
+class Chain(Protocol):
+    """What the worker needs of :class:`sluice.parser.registry.ParserChain`."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    def accepts(self, kind: str) -> bool: ...
+
+    def parse(self, record: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass
+class Delivery:
+    """A received message: acked once every action is settled and every letter confirmed."""
+
+    kind: str
+    channel: AbstractChannel
+    tag: int
+    message_id: Optional[str]
+    #: the message body; records are decoded again only to dead-letter one Elasticsearch
+    #: refused, so that thousands of decoded records do not stay alive for the GC to scan
+    body: bytes = b""
+    #: records in the message
+    count: int = 0
+    #: one ``create`` action (two ndjson lines) per document
+    actions: list[bytes] = field(default_factory=list)
+    #: index into ``records`` of each action
+    positions: list[int] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    _records: Optional[list[Any]] = field(default=None, repr=False)
+
+    def record(self, position: int) -> Any:
+        """The original record at ``position`` (rare path: decodes the body again)."""
+        if self._records is None:
+            self._records = msgpack.unpackb(self.body, raw=False, strict_map_key=False)
+        return self._records[position]
+
+
+class MessageDecoder:
+    """Decodes messages of every kind with that kind's parser chain."""
+
+    def __init__(self, index_prefix: str, chains: Mapping[str, Chain]) -> None:
+        self._prefix = index_prefix
+        self._chains = dict(chains)
+        self._actions: dict[str, dict[int, bytes]] = {kind: {} for kind in chains}
+
+    def _action_prefix(self, kind: str, day: int) -> bytes:
+        cache = self._actions[kind]
+        if len(cache) >= _DAY_CACHE_LIMIT:
+            cache.clear()
+        index = index_name(self._prefix, kind, day * _MS_PER_DAY)
+        prefix = action_prefix(index)
+        cache[day] = prefix
+        return prefix
+
+    def decode(self, kind: str, message: DeliveredMessage) -> Delivery:
+        tag = message.delivery_tag
+        assert tag is not None, "consumed messages always carry a delivery tag"
+        body = message.body
+        delivery = Delivery(kind, message.channel, tag, message.header.properties.message_id, body)
+        try:
+            # strict_map_key=False: a record with odd keys is that record's problem (its
+            # parser rejects it), not a reason to throw away the whole message.
+            records = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types for bad input
+            delivery.letters.append(
+                DeadLetter(POISON, f"body is not msgpack: {type(exc).__name__}: {exc}", body,
+                           "application/octet-stream")
+            )
+            return delivery
+        if not isinstance(records, list):
+            delivery.letters.append(
+                DeadLetter(POISON, f"body is a msgpack {type(records).__name__}, not an array "
+                           "of records", body, "application/octet-stream")
+            )
+            return delivery
+        delivery.count = len(records)
+        self._parse_all(kind, records, delivery)
+        return delivery
+
+    def _parse_all(self, kind: str, records: list[Any], delivery: Delivery) -> None:
+        parse = self._chains[kind].parse
+        prefixes = self._actions[kind]
+        actions, positions, letters = delivery.actions, delivery.positions, delivery.letters
+        dumps, join = orjson.dumps, b"".join
+        today = int(time.time() * 1000) // _MS_PER_DAY
+        for i, record in enumerate(records):
+            try:
+                doc = parse(record)
+                doc_id = doc.get("id")
+                if not isinstance(doc_id, str) or not doc_id:
+                    raise RecordError("missing_id", "the document has no string id")
+                ts = doc.get("ts")
+                # Documents without an integer ts go to today's index.
+                day = ts // _MS_PER_DAY if type(ts) is int else today
+                prefix = prefixes.get(day)
+                if prefix is None:
+                    prefix = self._action_prefix(kind, day)
+                actions.append(join((prefix, dumps(doc_id), b"}}\n", dumps(doc), b"\n")))
+                positions.append(i)
+            except RecordError as exc:
+                letters.append(DeadLetter.for_record(exc.reason, exc.message, record))
+            except orjson.JSONEncodeError as exc:
+                letters.append(DeadLetter.for_record("unserializable", str(exc), record))
+            except ValueError as exc:  # index_name: a timestamp no index can hold
+                letters.append(DeadLetter.for_record("bad_ts", str(exc), record))
+            except Exception as exc:  # a parser bug must not stop the records behind it
+                letters.append(
+                    DeadLetter.for_record("parser_failed", f"{type(exc).__name__}: {exc}", record)
+                )

@@ -1,0 +1,209 @@
+"""Bulk indexing into Elasticsearch, one request per batch, retried until every item
+has a final answer.
+
+The bulk helpers of elasticsearch-py (``async_streaming_bulk``) were measured here and
+bypassed: their per-action Python work (action expansion, chunking, re-serializing each
+action) capped a process at about 34,000 documents/s, while sending one ndjson body built
+with orjson through ``client.bulk()`` reached 172,000. This module keeps the helpers'
+semantics on top of the raw call:
+
+- every action is ``create`` with ``_id`` = the record's id, so a resent or redelivered
+  record answers 409 and is never stored twice;
+- per-item results are read: 200/201 indexed, 409 a duplicate (success), 429 and 5xx
+  retried, any other status a refusal that the caller dead-letters;
+- a failed request (429, 5xx, timeout, no connection) is retried whole.
+
+Retries wait with exponential backoff and full jitter, so an outage costs a handful of
+requests, not a busy loop. The caller's AMQP messages stay unacked all the while: a
+crash loses nothing, because RabbitMQ delivers them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, cast
+
+import orjson
+from elasticsearch import ApiError, AsyncElasticsearch, TransportError
+
+from ..backoff import Backoff
+from ..errors import StoreUnavailable
+from ..es import store_error
+from ..logs import RateLimitedLog, get_logger
+from .stats import ParserMetrics
+
+__all__ = ["BulkIndexer", "BulkOutcome", "Refusal", "action_prefix", "encode_create"]
+
+log = get_logger(__name__)
+
+_OK = frozenset({200, 201})
+# Only what is read below: a full answer is ~150 bytes per item and decoding it cost more
+# than building the request.
+_FILTER = "errors,items.*.status,items.*.error"
+
+_DUPLICATE = 409
+
+
+def encode_create(action_prefix: bytes, doc_id: str, source: bytes) -> bytes:
+    """The two ndjson lines of one ``create``; ``action_prefix`` is :func:`action_prefix`."""
+    return b"".join((action_prefix, orjson.dumps(doc_id), b"}}\n", source, b"\n"))
+
+
+def action_prefix(index: str) -> bytes:
+    """The constant start of every ``create`` line into ``index`` (cache it per index)."""
+    return b'{"create":{"_index":' + orjson.dumps(index) + b',"_id":'
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Elasticsearch refused one item for its content; it must be dead-lettered."""
+
+    position: int
+    status: int
+    reason: str
+    error: str
+
+
+@dataclass
+class BulkOutcome:
+    indexed: int = 0
+    duplicates: int = 0
+    refused: list[Refusal] = field(default_factory=list)
+    attempts: int = 0
+
+
+def _retryable(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def _refusal(position: int, status: int, result: Mapping[str, Any]) -> Refusal:
+    error = result.get("error")
+    if isinstance(error, Mapping):
+        kind = str(error.get("type") or "refused")
+        text = str(error.get("reason") or kind)
+        caused = error.get("caused_by")
+        if isinstance(caused, Mapping) and caused.get("reason"):
+            text = f"{text}: {caused.get('reason')}"
+    else:
+        kind, text = "refused", str(error or f"status {status}")
+    return Refusal(position, status, f"es_{kind}", f"{status} {text}"[:2000])
+
+
+class BulkIndexer:
+    """Sends prepared ``create`` actions in one bulk request and retries what may succeed
+    later. ``max_retries`` 0 retries for as long as it takes (the default: nothing is
+    dropped during an outage); otherwise :class:`StoreUnavailable` is raised after that
+    many retries and the caller gives its messages back to the queue.
+    """
+
+    def __init__(
+        self,
+        client: AsyncElasticsearch,
+        metrics: ParserMetrics,
+        *,
+        retry_cap: float = 10.0,
+        max_retries: int = 0,
+        on_store_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._retry_cap = retry_cap
+        self._max_retries = max_retries
+        self._on_store_state = on_store_state or (lambda up: None)
+        self._rate_limited = RateLimitedLog(log)
+
+    def _backoff(self) -> Backoff:
+        # The floor keeps even the luckiest jitter draw from becoming a tight loop.
+        return Backoff(base=0.1, cap=self._retry_cap, floor=0.05)
+
+    async def index(self, actions: Sequence[bytes]) -> BulkOutcome:
+        """Index ``actions`` (from :func:`encode_create`); returns once every item is
+        indexed, a duplicate, or refused. Refusal positions index into ``actions``."""
+        outcome = BulkOutcome()
+        pending = list(range(len(actions)))
+        backoff = self._backoff()
+        retries = 0
+        while pending:
+            outcome.attempts += 1
+            items = await self._attempt(actions, pending)
+            if items is None:
+                cause = "request"
+            else:
+                pending = self._settle(pending, items, outcome)
+                if not pending:
+                    break
+                cause = "item"
+            retries += 1
+            self._metrics.retries.inc(1, cause)
+            if self._max_retries and retries > self._max_retries:
+                raise StoreUnavailable(
+                    f"{len(pending)} bulk item(s) still failing after {self._max_retries} retries"
+                )
+            await asyncio.sleep(backoff.next_delay())
+        return outcome
+
+    async def _attempt(
+        self, actions: Sequence[bytes], pending: Sequence[int]
+    ) -> list[Mapping[str, Any]] | None:
+        """One bulk request: its items, or None when the request failed as a whole."""
+        whole = len(pending) == len(actions)
+        body = b"".join(actions) if whole else b"".join([actions[i] for i in pending])
+        started = time.perf_counter()
+        try:
+            # The client types ``operations`` as a list of dicts; ready ndjson bytes are
+            # sent as they are, which is the point.
+            response = await self._client.bulk(operations=cast(Any, body), filter_path=_FILTER)
+        except (ApiError, TransportError) as exc:
+            problem = store_error(exc, "bulk request failed")
+            self._on_store_state(not isinstance(problem, StoreUnavailable))
+            self._rate_limited.warning(
+                "bulk_failed", "bulk_failed", error=str(problem), items=len(pending)
+            )
+            return None
+        finally:
+            self._metrics.bulk_seconds.observe(time.perf_counter() - started)
+        self._on_store_state(True)
+        result: Mapping[str, Any] = response.body
+        items = result.get("items")
+        if not isinstance(items, list) or len(items) != len(pending):
+            self._rate_limited.warning(
+                "bulk_items", "bulk_unexpected_response", sent=len(pending),
+                got=len(items) if isinstance(items, list) else None,
+            )
+            return None
+        if not result.get("errors"):
+            # Fast path: every item succeeded, and a 409 would have set ``errors``.
+            return []
+        return items
+
+    def _settle(
+        self, pending: list[int], items: list[Mapping[str, Any]], outcome: BulkOutcome
+    ) -> list[int]:
+        """Count final answers into ``outcome``; the positions to try again."""
+        if not items:
+            outcome.indexed += len(pending)
+            self._metrics.indexed.inc(len(pending))
+            return []
+        again: list[int] = []
+        indexed = duplicates = 0
+        for position, item in zip(pending, items):
+            result: Mapping[str, Any] = item.get("create") or next(iter(item.values()), {})
+            status = int(result.get("status", 0))
+            if status in _OK:
+                indexed += 1
+            elif status == _DUPLICATE:
+                duplicates += 1
+            elif _retryable(status) or status == 0:
+                again.append(position)
+            else:
+                outcome.refused.append(_refusal(position, status, result))
+        outcome.indexed += indexed
+        outcome.duplicates += duplicates
+        self._metrics.indexed.inc(indexed)
+        self._metrics.duplicates.inc(duplicates)
+        if again:
+            self._rate_limited.warning("bulk_item_retry", "bulk_items_retried", items=len(again))
+        return again

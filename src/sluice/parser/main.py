@@ -1,0 +1,246 @@
+"""``sluice parser``: consume raw batches, parse every record, bulk-index into Elasticsearch.
+
+Configuration errors (an unknown parser name, a chain that does not take a kind, a bad
+option) stop startup before anything connects: ``sluice`` then exits with status 2 and a
+message listing the known parsers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from elasticsearch.serializer import JsonSerializer
+
+from ..backoff import Backoff
+from ..errors import ConfigError, IndexingError, StoreUnavailable
+from ..es import ensure_template, index_name, make_client
+from ..lifecycle import TaskOwner, run_service, stop_on_signals
+from ..logs import configure_logging, get_logger
+from ..ops import OpsServer
+from ..settings import BrokerSettings, StoreSettings, describe, load, option
+from ..settings import add_arguments as add_settings_arguments
+from ..topology import Topology
+from .deadletter import DeadLetterPublisher
+from .delivery import Chain, MessageDecoder
+from .indexer import BulkIndexer
+from .registry import build_chain, parse_options
+from .stats import ParserMetrics
+from .store import StoreProbe
+from .worker import Worker
+
+__all__ = ["HELP", "ParserSettings", "add_arguments", "build_chains", "main", "run"]
+
+HELP = (
+    "Consume raw record batches from RabbitMQ, parse them with a chain of pluggable parsers "
+    "and bulk-index the documents into Elasticsearch (exactly-once effect: create by id)."
+)
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ParserSettings(BrokerSettings, StoreSettings):
+    kinds: tuple[str, ...] = option(
+        ("measurement",), "record kinds to consume, comma-separated (one queue each)"
+    )
+    parsers: str = option(
+        "measurement",
+        "parser chain: 'a,b' for every kind, or per kind 'kind=a,b;kind2=c' "
+        "(an entry without 'kind=' is the chain for the other kinds)",
+    )
+    parser_options: str = option(
+        "", "parser options NAME.KEY=VALUE separated by ';' (or repeat --parser-option)"
+    )
+    prefetch: int = option(
+        200, "unacked messages per queue: bounds memory and the work redone after a crash"
+    )
+    bulk_size: int = option(5000, "documents per bulk request")
+    bulk_linger_ms: int = option(50, "longest wait for a bulk to fill before it is sent")
+    bulk_concurrency: int = option(2, "bulk requests in flight at once")
+    max_retries: int = option(
+        0, "retries of a failing bulk before its messages are requeued (0 = until it works)"
+    )
+    retry_cap: float = option(10.0, "longest wait between bulk retries, seconds")
+    es_timeout: float = option(30.0, "timeout of one Elasticsearch request, seconds")
+    # Below docker compose's 30 s stop_grace_period, so the drain ends before SIGKILL.
+    drain_timeout: float = option(20.0, "on SIGTERM, how long the bulks in flight may take")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.kinds:
+            raise ConfigError("kinds: name at least one record kind")
+        for kind in self.kinds:
+            try:
+                index_name("sluice", kind, 0)
+            except ValueError as exc:
+                raise ConfigError(f"kinds: {exc}") from exc
+        try:
+            index_name(self.index_prefix, "kind", 0)
+        except ValueError as exc:
+            raise ConfigError(f"index_prefix: {exc}") from exc
+        positive = {
+            "prefetch": self.prefetch, "bulk_size": self.bulk_size,
+            "bulk_concurrency": self.bulk_concurrency,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, not {value}")
+        if self.max_retries < 0 or self.bulk_linger_ms < 0:
+            raise ConfigError("max_retries and bulk_linger_ms cannot be negative")
+        if min(self.retry_cap, self.es_timeout, self.drain_timeout) <= 0:
+            raise ConfigError("retry_cap, es_timeout and drain_timeout must be positive")
+
+
+def _chain_names(spec: str, kinds: Sequence[str]) -> dict[str, list[str]]:
+    default: list[str] | None = None
+    per_kind: dict[str, list[str]] = {}
+    for entry in spec.split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        kind, eq, names = entry.partition("=")
+        parsed = [n.strip() for n in (names if eq else entry).split(",") if n.strip()]
+        if eq:
+            per_kind[kind.strip()] = parsed
+        else:
+            default = parsed
+    out: dict[str, list[str]] = {}
+    for kind in kinds:
+        names_for_kind = per_kind.get(kind, default)
+        if not names_for_kind:
+            raise ConfigError(
+                f"parsers: no parser chain for kind {kind!r} in {spec!r}; "
+                "give 'a,b' for every kind or 'kind=a,b'"
+            )
+        out[kind] = names_for_kind
+    return out
+
+
+def build_chains(
+    spec: str, kinds: Sequence[str], options: Mapping[str, str]
+) -> dict[str, Chain]:
+    """One parser chain per kind from ``--parsers``; each gets the options of its parsers."""
+    chains: dict[str, Chain] = {}
+    for kind, names in _chain_names(spec, kinds).items():
+        own = {k: v for k, v in options.items() if k.partition(".")[0] in names}
+        chain = build_chain(names, own)
+        if not chain.accepts(kind):
+            raise ConfigError(f"parser chain {','.join(names)} does not accept kind {kind!r}")
+        chains[kind] = chain
+    used = {name for chain in chains.values() for name in chain.names}
+    stray = sorted(k for k in options if k.partition(".")[0] not in used)
+    if stray:
+        raise ConfigError(f"parser option(s) {', '.join(stray)} name no parser in use")
+    return chains
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_settings_arguments(parser, ParserSettings)
+    parser.add_argument(
+        "--parser-option", dest="parser_option", action="append", default=None,
+        metavar="NAME.KEY=VALUE", help="one parser option; repeatable; added to --parser-options",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load(ParserSettings, args)
+    options = parse_options(settings.parser_options)
+    options.update(parse_options(getattr(args, "parser_option", None)))
+    chains = build_chains(settings.parsers, settings.kinds, options)
+    configure_logging("parser", settings.instance_id, settings.log_level)
+    log.info("parser_starting", settings=describe(settings),
+             chains={kind: ",".join(chain.names) for kind, chain in chains.items()})
+    return run_service(functools.partial(run, settings, chains))
+
+
+async def _install_template(
+    settings: ParserSettings, probe: StoreProbe, stop: asyncio.Event
+) -> bool:
+    """Install the index template, waiting out an unreachable Elasticsearch; False if
+    told to stop first. Documents must not create an index before the mapping exists."""
+    backoff = Backoff(base=0.5, cap=10.0, floor=0.1)
+    while not stop.is_set():
+        try:
+            await ensure_template(probe.client, settings.index_prefix)
+        except StoreUnavailable as exc:
+            probe.mark(False)
+            log.warning("template_install_waiting", error=str(exc))
+        else:
+            probe.mark(True)
+            return True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), backoff.next_delay())
+    return False
+
+
+async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
+    metrics = ParserMetrics()
+    # The transport's own retries are immediate; ours back off while the messages stay
+    # unacked, so the client makes exactly one attempt per call.
+    client = make_client(
+        settings.es_url, max_retries=0, retry_on_timeout=False,
+        request_timeout=settings.es_timeout, serializers=_fast_serializers(),
+    )
+    probe = StoreProbe(client, metrics)
+    topology = Topology(settings.namespace)
+    worker = Worker(
+        amqp_url=settings.amqp_url,
+        topology=topology,
+        kinds=settings.kinds,
+        decoder=MessageDecoder(settings.index_prefix, chains),
+        indexer=BulkIndexer(
+            client, metrics, retry_cap=settings.retry_cap, max_retries=settings.max_retries,
+            on_store_state=probe.mark,
+        ),
+        dead_letters=DeadLetterPublisher(topology, settings.instance_id),
+        metrics=metrics,
+        prefetch=settings.prefetch,
+        bulk_size=settings.bulk_size,
+        bulk_linger=settings.bulk_linger_ms / 1000,
+        concurrency=settings.bulk_concurrency,
+    )
+    ops = OpsServer(
+        metrics.registry,
+        ready=lambda: {"broker": worker.link.is_up, "elasticsearch": probe.up},
+        host="0.0.0.0",
+        port=settings.http_port,
+    )
+    tasks = TaskOwner("parser")
+    stop = asyncio.Event()
+    remove_handlers = stop_on_signals(stop)
+    try:
+        await ops.start()
+        log.info("parser_started", http_port=ops.bound_port, kinds=list(settings.kinds))
+        tasks.spawn(probe.run(), name="es-probe")
+        try:
+            installed = await _install_template(settings, probe, stop)
+        except IndexingError as exc:
+            log.error("template_install_failed", error=str(exc))
+            return 1
+        if installed:
+            worker.start()
+            await stop.wait()
+            log.info("parser_stopping")
+            drained = await worker.stop(settings.drain_timeout)
+            log.info("parser_stopped", drained=drained)
+    finally:
+        remove_handlers()
+        await worker.close()
+        await tasks.close()
+        await ops.close()
+        await client.close()
+    return 0
+
+
+def _fast_serializers() -> dict[str, JsonSerializer]:
+    """orjson for responses when it is there: a bulk answer holds one item per document."""
+    try:
+        from elasticsearch.serializer import OrjsonSerializer
+    except ImportError:  # pragma: no cover - orjson is a dependency
+        return {}
+    return {"application/json": OrjsonSerializer()}

@@ -1,0 +1,252 @@
+"""The parser's consumer: raw messages in, bulk requests out, acks last.
+
+Flow per process::
+
+    quorum queue <ns>.raw.<kind>  --(prefetch, manual acks)-->  decode + parse (delivery.py)
+        --> batch (up to bulk_size documents or bulk_linger_ms)  --> bulk request (indexer.py)
+        --> dead letters confirmed (deadletter.py)  --> basic_ack of every message in the batch
+
+A message is acked only when each of its records is indexed, known as a duplicate, or
+dead-lettered with a confirm. Until then it stays unacked, so if this process dies,
+RabbitMQ hands it to another consumer; the ``create`` with the record id as ``_id`` turns
+the second attempt into harmless 409s. Prefetch bounds what is in memory: while
+Elasticsearch is down the bulks retry and no new messages arrive.
+
+Acks go on the channel the message came in on. When that channel is gone, RabbitMQ has
+already requeued the message, so the delivery is dropped without an ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import functools
+from collections.abc import Sequence
+from typing import Optional
+
+import aiormq
+from aiormq.abc import AbstractChannel, DeliveredMessage
+
+from ..amqp import BrokerLink
+from ..errors import BrokerUnavailable, PublishRejected, StoreUnavailable
+from ..lifecycle import TaskOwner
+from ..logs import RateLimitedLog, get_logger
+from ..topology import Topology
+from .deadletter import DeadLetter, DeadLetterPublisher
+from .delivery import Delivery, MessageDecoder
+from .indexer import BulkIndexer, BulkOutcome
+from .stats import ParserMetrics
+
+__all__ = ["Worker"]
+
+log = get_logger(__name__)
+
+Batch = list[Delivery]
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        amqp_url: str,
+        topology: Topology,
+        kinds: Sequence[str],
+        decoder: MessageDecoder,
+        indexer: BulkIndexer,
+        dead_letters: DeadLetterPublisher,
+        metrics: ParserMetrics,
+        prefetch: int = 200,
+        bulk_size: int = 5000,
+        bulk_linger: float = 0.05,
+        concurrency: int = 2,
+    ) -> None:
+        self._topology = topology
+        self._kinds = tuple(kinds)
+        self._decoder = decoder
+        self._indexer = indexer
+        self._dead = dead_letters
+        self._metrics = metrics
+        self._prefetch = prefetch
+        self._bulk_size = bulk_size
+        self._linger = bulk_linger
+        self._concurrency = concurrency
+        self.link = BrokerLink(amqp_url, setup=self._setup, on_lost=self._on_lost, name="parser")
+        self._tasks = TaskOwner("parser-worker")
+        self._flushers: list[asyncio.Task[None]] = []
+        self._sealed: asyncio.Queue[Optional[Batch]] = asyncio.Queue()
+        self._batch: Batch = []
+        self._batch_docs = 0
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._consumers: dict[str, str] = {}  # consumer tag -> kind, on the current channel
+        self._consuming = False
+        self._accepting = True
+        self._rate_limited = RateLimitedLog(log)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._consuming = True
+        for n in range(self._concurrency):
+            self._flushers.append(self._tasks.spawn(self._flush_loop(), name=f"bulk-{n}"))
+        self.link.start()
+
+    async def stop(self, drain_timeout: float = 20.0) -> bool:
+        """Stop consuming, finish the bulks in flight and ack them, close the link.
+
+        Returns False when the drain timed out; what was not acked then goes back to the
+        queue when the channel closes.
+        """
+        self._consuming = False
+        await self._cancel_consumers()
+        # Deliveries the broker sent before its CancelOk may still sit in consumer tasks.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self._accepting = False
+        self._seal()
+        for _ in self._flushers:
+            self._sealed.put_nowait(None)
+        drained = True
+        if self._flushers:
+            _, pending = await asyncio.wait(self._flushers, timeout=drain_timeout)
+            drained = not pending
+        if not drained:
+            log.warning("drain_timed_out", timeout=drain_timeout,
+                        note="unacked messages return to the queue")
+        await self.close()
+        return drained
+
+    async def close(self) -> None:
+        """Cancel everything and close the link; unacked messages return to the queue."""
+        self._accepting = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self._tasks.close()
+        await self.link.close()
+
+    async def _cancel_consumers(self) -> None:
+        if not self.link.is_up:
+            return
+        try:
+            channel = self.link.channel
+            for tag in list(self._consumers):
+                await channel.basic_cancel(tag)
+        except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+            log.info("cancel_consumers_failed", error=repr(exc))
+        self._consumers.clear()
+
+    async def _setup(self, channel: AbstractChannel) -> None:
+        await self._topology.declare(channel, self._kinds)
+        await channel.basic_qos(prefetch_count=self._prefetch)
+        self._consumers = {}
+        if not self._consuming:
+            return
+        for kind in self._kinds:
+            ok = await channel.basic_consume(
+                self._topology.raw_queue(kind), functools.partial(self._on_message, kind),
+                no_ack=False,
+            )
+            assert ok.consumer_tag is not None
+            self._consumers[ok.consumer_tag] = kind
+        self._metrics.broker_up.set(1)
+        log.info("consuming", queues=[self._topology.raw_queue(k) for k in self._kinds],
+                 prefetch=self._prefetch)
+
+    def _on_lost(self, exc: BaseException) -> None:
+        # Unacked messages of the lost channel are back in the queue; batched ones are
+        # dropped at flush time (their channel is closed).
+        self._metrics.broker_up.set(0)
+        self._consumers.clear()
+
+    # -- receiving and batching ----------------------------------------------------------
+
+    async def _on_message(self, kind: str, message: DeliveredMessage) -> None:
+        if not self._accepting:
+            return  # never acked: back to the queue when the channel closes
+        delivery = self._decoder.decode(kind, message)
+        metrics = self._metrics
+        metrics.messages_in.inc(1, kind)
+        metrics.records_in.inc(delivery.count, kind)
+        metrics.inflight.inc()
+        if not self._batch:
+            self._timer = asyncio.get_running_loop().call_later(self._linger, self._seal)
+        self._batch.append(delivery)
+        self._batch_docs += len(delivery.actions)
+        if self._batch_docs >= self._bulk_size:
+            self._seal()
+
+    def _seal(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._batch:
+            self._sealed.put_nowait(self._batch)
+            self._batch, self._batch_docs = [], 0
+
+    # -- flushing ------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            batch = await self._sealed.get()
+            if batch is None:
+                return
+            try:
+                await self._flush(batch)
+            finally:
+                self._metrics.inflight.dec(len(batch))
+
+    async def _flush(self, batch: Batch) -> None:
+        live = [d for d in batch if not d.channel.is_closed]
+        if not live:
+            return
+        actions: list[bytes] = []
+        starts: list[int] = []
+        for delivery in live:
+            starts.append(len(actions))
+            actions.extend(delivery.actions)
+        outcome = BulkOutcome()
+        if actions:
+            try:
+                outcome = await self._indexer.index(actions)
+            except StoreUnavailable as exc:
+                log.error("bulk_given_up", error=str(exc), messages=len(live))
+                await self._requeue(live)
+                return
+        for refusal in outcome.refused:
+            at = bisect.bisect_right(starts, refusal.position) - 1
+            delivery = live[at]
+            record = delivery.record(delivery.positions[refusal.position - starts[at]])
+            delivery.letters.append(DeadLetter.for_record(refusal.reason, refusal.error, record))
+        await asyncio.gather(*(self._finish(d) for d in live))
+
+    async def _finish(self, delivery: Delivery) -> None:
+        """Dead-letter what was rejected, then ack; or leave the message to RabbitMQ."""
+        try:
+            await self._dead.publish(
+                delivery.channel, delivery.kind, delivery.letters, delivery.message_id
+            )
+        except BrokerUnavailable as exc:
+            self._rate_limited.warning("abandon", "delivery_abandoned", error=str(exc))
+            return
+        except PublishRejected as exc:
+            # Nack with requeue: the queue's delivery limit dead-letters the whole message
+            # if this keeps happening; its indexed records come back as duplicates.
+            self._rate_limited.warning("dl_rejected", "dead_letter_rejected", error=str(exc))
+            await self._requeue([delivery])
+            return
+        for letter in delivery.letters:
+            self._metrics.dead_lettered.inc(1, letter.reason)
+        try:
+            await delivery.channel.basic_ack(delivery.tag)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            self._rate_limited.warning("ack", "ack_failed", error=repr(exc))
+            return
+        self._metrics.messages_acked.inc(1, delivery.kind)
+
+    async def _requeue(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            try:
+                await delivery.channel.basic_nack(delivery.tag, requeue=True)
+            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+                continue
+            self._metrics.messages_requeued.inc()

@@ -1,0 +1,118 @@
+"""Bad parameters get a 400 naming them; unknown routes a JSON 404; never a 500 or a trace."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .test_aggregations import get_json
+
+pytestmark = pytest.mark.timeout(120)
+
+BAD = [
+    # (path, parameter the message must name, a word of what was expected)
+    ("/api/v1/stats?from=yesterday", "from", "ISO 8601"),
+    ("/api/v1/stats?from=2026-02-30", "from", "not a valid time"),
+    ("/api/v1/stats?to=2026-11-28T25:00:00Z", "to", "not a valid time"),
+    ("/api/v1/stats?to=99999999999999999", "to", "ISO 8601"),
+    ("/api/v1/stats?from=253402300800000", "from", "between"),
+    ("/api/v1/stats?from=-5", "from", "ISO 8601"),
+    ("/api/v1/stats?from=2026-11-28&to=2026-11-27", "from", "before 'to'"),
+    ("/api/v1/stats?metric=", "metric", "non-empty"),
+    ("/api/v1/stats?sensor=" + "x" * 257, "sensor", "at most 256"),
+    ("/api/v1/stats?metric=a&metric=b", "metric", "once"),
+    ("/api/v1/stats?tag=site", "tag", "key:value"),
+    ("/api/v1/stats?tag=:lab", "tag", "key:value"),
+    ("/api/v1/stats?pretty=yes", "pretty", "true or false"),
+    ("/api/v1/sensors?size=0", "size", "from 1 to 1000"),
+    ("/api/v1/sensors?size=1001", "size", "from 1 to 1000"),
+    ("/api/v1/sensors?size=ten", "size", "integer"),
+    ("/api/v1/sensors?size=1.5", "size", "integer"),
+    ("/api/v1/sensors?order=avg", "order", "one of"),
+    ("/api/v1/sensors?order=value:desc", "order", "one of"),
+    ("/api/v1/sensors?per_metric=yes", "per_metric", "true or false"),
+    ("/api/v1/histogram?interval=5", "interval", "unit"),
+    ("/api/v1/histogram?interval=0m", "interval", "unit"),
+    ("/api/v1/histogram?interval=5w", "interval", "unit"),
+    ("/api/v1/histogram?interval=1s&from=2026-01-01&to=2026-02-01", "interval", "buckets"),
+    ("/api/v1/measurements?size=-1", "size", "from 1 to 1000"),
+    ("/api/v1/measurements?cursor=%2F%2F", "cursor", "next_cursor"),
+    ("/api/v1/pipeline?minutes=0", "minutes", "from 1 to 60"),
+    ("/api/v1/pipeline?minutes=61", "minutes", "from 1 to 60"),
+]
+
+
+@pytest.mark.parametrize(("path", "name", "expected"), BAD)
+async def test_bad_parameters_are_400_naming_them(api_client, seeded_prefix, path, name, expected):
+    client = await api_client(seeded_prefix)
+    body = await get_json(client, path, status=400)
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == "bad_parameter"
+    assert f"'{name}'" in body["error"]["message"]
+    assert expected in body["error"]["message"]
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/stats?sensors=x", "/api/v1/measurements?offset=100", "/api/v1/pipeline?metric=x", "/healthz?x=1",
+])
+async def test_unknown_parameters_are_refused(api_client, seeded_prefix, path):
+    client = await api_client(seeded_prefix)
+    body = await get_json(client, path, status=400)
+    assert body["error"]["code"] == "unknown_parameter"
+    assert "accepts:" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/nope", "/api/v1/nope", "/api/v2/stats", "/static/missing.js", "/api/v1/stats/"])
+async def test_unknown_routes_are_json_404(api_client, seeded_prefix, path):
+    client = await api_client(seeded_prefix)
+    body = await get_json(client, path, status=404)
+    assert body["error"]["code"] == "not_found"
+
+
+async def test_wrong_method_is_json_405(api_client, seeded_prefix):
+    client = await api_client(seeded_prefix)
+    resp = await client.post("/api/v1/stats", data=b"{}")
+    assert resp.status == 405
+    assert (await resp.json())["error"]["code"] == "method_not_allowed"
+    assert "GET" in resp.headers["Allow"]
+
+
+async def test_pretty_output(api_client, seeded_prefix):
+    client = await api_client(seeded_prefix)
+    compact = await (await client.get("/api/v1/stats")).text()
+    pretty = await (await client.get("/api/v1/stats?pretty")).text()
+    assert "\n" not in compact.strip()
+    assert pretty.startswith('{\n  "count": ')
+    assert json.loads(pretty) == json.loads(compact)
+    error = await (await client.get("/api/v1/stats?size=1&pretty")).text()
+    assert error.startswith('{\n  "error": {')
+
+
+async def test_health_and_metrics(api_client, seeded_prefix):
+    client = await api_client(seeded_prefix)
+    assert await get_json(client, "/healthz") == {"status": "ok"}
+    assert await get_json(client, "/readyz") == {"ready": True, "checks": {"elasticsearch": True}}
+    await get_json(client, "/api/v1/stats")
+    await get_json(client, "/nope/at/all", status=404)
+    resp = await client.get("/metrics")
+    text = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    assert 'sluice_api_requests_total{route="/api/v1/stats",method="GET",status="200"} 1' in text
+    assert 'sluice_api_requests_total{route="unmatched",method="GET",status="404"} 1' in text
+    assert "sluice_api_request_duration_seconds_count" in text
+    assert "sluice_api_store_request_duration_seconds_count 1" in text
+
+
+async def test_dashboard_and_assets_are_served(api_client, seeded_prefix):
+    client = await api_client(seeded_prefix)
+    page = await client.get("/")
+    html = await page.text()
+    assert page.status == 200 and "text/html" in page.headers["Content-Type"]
+    assert 'src="/static/app.js"' in html
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+    for asset in ("/static/app.js", "/static/style.css"):
+        resp = await client.get(asset)
+        body = await resp.text()
+        assert resp.status == 200
+        assert "https://" not in body, "the dashboard must not load anything from the internet"

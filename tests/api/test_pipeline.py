@@ -1,0 +1,133 @@
+"""``/api/v1/pipeline``: queue depths and consumers from RabbitMQ, dead letters, ingest rate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import aiormq
+import pytest
+
+from sluice.es import ensure_template, index_name, make_client
+from sluice.topology import Topology
+from tests.support.api import index_documents, iso_ms, make_measurements
+
+from .test_aggregations import get_json
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def until(client: Any, path: str, check: Any, deadline_s: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        body = await get_json(client, path)
+        if check(body):
+            return body
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.2)
+
+
+def by_queue(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["queue"]: r for r in rows}
+
+
+async def test_queue_depths_consumers_and_ingest_rate(api_client, es_url, es_index_prefix, amqp_url, namespace):
+    topology = Topology(namespace)
+    conn = await aiormq.connect(amqp_url)
+    try:
+        channel = await conn.channel()
+        await topology.declare(channel, ["measurement"])
+        for i in range(5):
+            await channel.basic_publish(b"raw %d" % i, exchange=topology.exchange,
+                                        routing_key=topology.routing_key("measurement"))
+        for i in range(3):
+            await channel.basic_publish(b"dead %d" % i, exchange=topology.dead_exchange,
+                                        routing_key=topology.dead_routing_key("measurement"))
+        now = int(time.time() * 1000)
+        fresh = make_measurements(40, seed=5, ingested_at=now - 20_000)
+        old = make_measurements(25, seed=6)  # ingested days ago
+        await index_documents(es_url, es_index_prefix, fresh + old)
+
+        client = await api_client(es_index_prefix, amqp_url=amqp_url, namespace=namespace,
+                                  kinds=("measurement", "other"))
+        body = await until(client, "/api/v1/pipeline?minutes=5",
+                           lambda b: b["queues"][0]["messages"] == 5 and b["dead_letters"]["total"] == 3)
+        assert body["broker"] == {"up": True, "error": None}
+        queues = by_queue(body["queues"])
+        assert queues[topology.raw_queue("measurement")] == {
+            "kind": "measurement", "queue": topology.raw_queue("measurement"),
+            "exists": True, "messages": 5, "consumers": 0,
+        }
+        assert queues[topology.raw_queue("other")]["exists"] is False
+        assert queues[topology.raw_queue("other")]["messages"] is None
+        dead = by_queue(body["dead_letters"]["queues"])
+        assert dead[topology.dead_queue("measurement")]["messages"] == 3
+        assert body["dead_letters"]["by_reason"] == []
+
+        ingest = body["ingest"]
+        assert ingest["count"] == 40
+        assert sum(b["count"] for b in ingest["buckets"]) == 40
+        assert len(ingest["buckets"]) == 5
+        window_s = (_ms(ingest["to"]) - _ms(ingest["from"])) / 1000
+        assert ingest["rate_per_s"] == pytest.approx(40 / window_s)
+
+        # A consumer with prefetch 1 holds one message unacked: 4 stay ready.
+        consumer = await conn.channel()
+        await consumer.basic_qos(prefetch_count=1)
+
+        async def hold(message: Any) -> None:
+            pass
+
+        await consumer.basic_consume(topology.raw_queue("measurement"), hold, no_ack=False)
+        body = await until(client, "/api/v1/pipeline",
+                           lambda b: b["queues"][0]["consumers"] == 1 and b["queues"][0]["messages"] == 4)
+        assert body["queues"][0]["queue"] == topology.raw_queue("measurement")
+    finally:
+        await conn.close()
+
+
+def _ms(iso: str) -> int:
+    import datetime as dt
+
+    moment = dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+async def test_dead_letter_documents_are_counted_by_reason(api_client, es_url, es_index_prefix):
+    """Parsers that also index their dead letters (``<prefix>-dead-*``, ``reason`` as a
+    keyword) get them counted by reason."""
+    client_es = make_client(es_url)
+    now = int(time.time() * 1000)
+    index = index_name(es_index_prefix, "dead", now)
+    try:
+        await ensure_template(client_es, es_index_prefix)
+    finally:
+        await client_es.close()
+    mapping = {"mappings": {"properties": {"reason": {"type": "keyword"}}}}
+    async with aiohttp.ClientSession() as session, session.put(f"{es_url}/{index}", json=mapping) as r:
+        assert r.status == 200, await r.text()
+    reasons = ["bad_value"] * 4 + ["poison"] * 2 + ["missing_field"] * 4
+    docs = [{"id": f"dl-{i}", "ts": now, "reason": reason, "kind": "measurement", "@timestamp": iso_ms(now)}
+            for i, reason in enumerate(reasons)]
+    await index_documents(es_url, es_index_prefix, docs, kind="dead", template=False)
+    client = await api_client(es_index_prefix)  # no RabbitMQ URL: queues unknown
+    body = await get_json(client, "/api/v1/pipeline")
+    assert body["dead_letters"]["by_reason"] == [
+        {"reason": "bad_value", "count": 4},
+        {"reason": "missing_field", "count": 4},
+        {"reason": "poison", "count": 2},
+    ]
+    assert body["broker"]["up"] is False
+    assert body["queues"][0]["messages"] is None and body["dead_letters"]["total"] is None
+
+
+async def test_broker_down_still_answers(api_client, es_index_prefix):
+    client = await api_client(es_index_prefix, amqp_url="amqp://guest:guest@127.0.0.1:1/")
+    body = await get_json(client, "/api/v1/pipeline")
+    assert body["broker"]["up"] is False
+    assert "RabbitMQ" in body["broker"]["error"]
+    assert body["queues"][0]["exists"] is None
+    # Dead-letter documents are not there: an empty list, not an error.
+    assert body["dead_letters"]["by_reason"] == []

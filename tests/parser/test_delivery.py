@@ -1,0 +1,69 @@
+"""Decoding one AMQP message: records -> ready bulk actions and dead letters."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import msgpack
+import orjson
+
+from sluice.es import index_name
+from sluice.parser.deadletter import POISON
+from sluice.parser.delivery import MessageDecoder
+from sluice.parser.registry import build_chain
+
+from .harness import make_records
+
+
+def message(body: bytes) -> Any:
+    return SimpleNamespace(
+        body=body, delivery_tag=7, channel=None,
+        header=SimpleNamespace(properties=SimpleNamespace(message_id="m-1")),
+    )
+
+
+def decoder() -> MessageDecoder:
+    return MessageDecoder("px", {
+        "measurement": build_chain(["measurement"]),
+        "other": build_chain(["uppercase"]),
+    })
+
+
+def test_good_records_become_create_actions_into_their_daily_index() -> None:
+    records = make_records(50)
+    delivery = decoder().decode("measurement", message(msgpack.packb(records)))
+    assert (delivery.tag, delivery.message_id, delivery.letters) == (7, "m-1", [])
+    assert delivery.positions == list(range(50))
+    for record, action in zip(records, delivery.actions):
+        head, source, end = action.split(b"\n")
+        assert end == b""
+        assert orjson.loads(head) == {"create": {
+            "_index": index_name("px", "measurement", record["ts"]), "_id": record["id"]}}
+        doc = orjson.loads(source)
+        assert {k: doc[k] for k in record} == record
+        assert doc["parser"] == "measurement" and doc["@timestamp"].endswith("Z")
+
+
+def test_rejected_records_become_dead_letters_and_the_rest_go_on() -> None:
+    good = make_records(3)
+    bad = good[1] | {"value": "high"}
+    delivery = decoder().decode("measurement", message(msgpack.packb([good[0], bad, good[2]])))
+    assert delivery.positions == [0, 2]
+    [letter] = delivery.letters
+    assert letter.reason == "bad_value"
+    assert msgpack.unpackb(letter.body) == bad
+
+
+def test_a_document_without_an_id_is_rejected() -> None:
+    delivery = decoder().decode("other", message(msgpack.packb([{"sensor": "x"}, {"id": "o1"}])))
+    assert [letter.reason for letter in delivery.letters] == ["missing_id"]
+    assert delivery.positions == [1]
+
+
+def test_poison_bodies_are_dead_lettered_whole() -> None:
+    for body in (b"\xc1\xc1", msgpack.packb({"not": "a list"}), msgpack.packb([1, 2])[:-1]):
+        delivery = decoder().decode("measurement", message(body))
+        assert delivery.actions == []
+        [letter] = delivery.letters
+        assert (letter.reason, letter.body) == (POISON, body)
