@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import logging
 import os
@@ -241,7 +242,8 @@ class EsProxy:
                 request.method,
                 target,
                 headers=self._forward_headers(request.headers.items()),
-                data=body if body else None,
+                # A BytesIO, not bytes: aiohttp warns (ResourceWarning) about raw bodies over 1 MiB.
+                data=io.BytesIO(body) if body else None,
                 # Pass the client's headers as they are; no defaults of our own.
                 skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
                 allow_redirects=False,
