@@ -1,0 +1,39 @@
+"""Fixtures of the docker end-to-end test; see ``pipeline.py``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from .pipeline import INSTALL_HINT, PROJECT, Pipeline, docker_problem, free_port
+
+__all__ = ["PROJECT"]
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Iterator[Pipeline]:
+    problem = docker_problem()
+    if problem:
+        pytest.fail(f"{problem}; {INSTALL_HINT}", pytrace=False)
+    env = dict(os.environ)
+    env.update(
+        COMPOSE_PROJECT_NAME=PROJECT,
+        SLUICE_INGEST_PORT=str(free_port()),
+        SLUICE_HTTP_PORT=str(free_port()),
+        SLUICE_RABBITMQ_UI_PORT=str(free_port()),
+        SLUICE_ES_PORT=str(free_port()),
+        # The compose clients send a fixed number of records, report, and stay down.
+        SLUICE_CLIENT_COUNT=env.get("SLUICE_E2E_COUNT", "3000"),
+        SLUICE_CLIENT_RATE="1000",
+        SLUICE_CLIENT_CONNECTIONS="4",
+        SLUICE_CLIENT_RESTART="no",
+        ES_HEAP="512m",
+    )
+    p = Pipeline(env)
+    p.run("down", "--volumes", check=False)  # leftovers of an interrupted run
+    try:
+        yield p
+    finally:
+        p.run("down", "--volumes", check=False)

@@ -1,0 +1,204 @@
+"""Driving the pipeline in Docker through ``run_pipeline.sh``, as a user would, and looking
+inside it (metrics, logs, Elasticsearch).
+
+Needs a Docker engine and the images. On machines without a registry,
+``scripts/ci-docker.sh`` installs and starts the engine and builds every image locally
+(``scripts/build-offline-images.sh``, which writes ``.offline-images.env``). A missing engine
+or missing images fail the test with instructions; they never skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUN = os.path.join(ROOT, "run_pipeline.sh")
+PROJECT = "sluicee2e"
+
+INSTALL_HINT = (
+    "the docker end-to-end test needs a running Docker engine with compose: "
+    "`apt-get install docker.io docker-compose debootstrap`, start the daemon "
+    "(`dockerd >/var/log/dockerd.log 2>&1 &`), and build the images "
+    "(`scripts/ci-docker.sh` does all of this on a machine without a registry)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def docker_problem() -> Optional[str]:
+    if shutil.which("docker") is None:
+        return "docker is not installed"
+    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        return f"the Docker daemon is not reachable: {probe.stderr.strip()[-300:]}"
+    has_compose = shutil.which("docker-compose") is not None or (
+        subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    )
+    if not has_compose:
+        return "neither `docker compose` nor `docker-compose` is installed"
+    if os.environ.get("SLUICE_OFFLINE") != "0" and not os.path.exists(
+        os.path.join(ROOT, ".offline-images.env")
+    ):
+        return (
+            ".offline-images.env is missing: build the images with "
+            "scripts/build-offline-images.sh (or set SLUICE_OFFLINE=0 to pull public images)"
+        )
+    return None
+
+
+class Pipeline:
+    """One compose project of the pipeline on free host ports, and ways to look inside it."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.http_port = int(env["SLUICE_HTTP_PORT"])
+        self.es_port = int(env["SLUICE_ES_PORT"])
+        self.ingest_port = int(env["SLUICE_INGEST_PORT"])
+
+    # -- commands -------------------------------------------------------------------------
+    def run(self, *args: str, timeout: float = 600, check: bool = True) -> str:
+        """``run_pipeline.sh ARGS``; its output (stdout and stderr) is returned."""
+        proc = subprocess.run(
+            [RUN, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+            timeout=timeout,
+        )
+        output = proc.stdout + proc.stderr
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"run_pipeline.sh {' '.join(args)} exited {proc.returncode}:\n{output[-6000:]}"
+            )
+        return output
+
+    def compose(self, *args: str, timeout: float = 300) -> str:
+        """The compose command run_pipeline.sh uses, with the same environment."""
+        command = self.env.get("SLUICE_COMPOSE", "").split() or _compose_command()
+        proc = subprocess.run(
+            [*command, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"{command} {args} exited {proc.returncode}:\n{proc.stderr}")
+        return proc.stdout
+
+    def containers(self, service: str, *, running: bool = True, one_off: bool = False) -> list[str]:
+        args = [
+            "docker", "ps", "-q", "--no-trunc",
+            "--filter", f"label=com.docker.compose.project={PROJECT}",
+            "--filter", f"label=com.docker.compose.service={service}",
+            "--filter", f"label=com.docker.compose.oneoff={'True' if one_off else 'False'}",
+        ]
+        if not running:
+            args.insert(2, "-a")
+        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        return out.split()
+
+    def inspect(self, container: str) -> dict[str, Any]:
+        out = subprocess.run(
+            ["docker", "inspect", container], capture_output=True, text=True, check=True
+        ).stdout
+        info: dict[str, Any] = json.loads(out)[0]
+        return info
+
+    def metrics(self, container: str, port: int = 8080) -> dict[str, float]:
+        """A container's /metrics, each series summed over its labels."""
+        script = (
+            "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+            f"'http://127.0.0.1:{port}/metrics', timeout=5).read().decode())"
+        )
+        out = subprocess.run(
+            ["docker", "exec", container, "python", "-c", script],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+        return parse_metrics(out)
+
+    def start_clients(self, n: int, *, count: int, rate: int, connections: int) -> list[str]:
+        """n one-off client containers, detached; returns their names."""
+        names = []
+        for _ in range(n):
+            out = self.compose(
+                "run", "-d", "--no-deps", "client", "client", "--target=nginx:7000", "--json",
+                f"--count={count}", f"--rate={rate}", f"--connections={connections}",
+            )
+            names.append(out.strip().splitlines()[-1].strip())
+        return names
+
+    def wait_exit(self, containers: list[str], timeout: float = 300) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        codes: dict[str, int] = {}
+        for c in containers:
+            remaining = max(1.0, deadline - time.monotonic())
+            out = subprocess.run(
+                ["docker", "wait", c], capture_output=True, text=True, timeout=remaining,
+                check=True,
+            ).stdout
+            codes[c] = int(out.strip())
+        return codes
+
+    def logs(self, container: str) -> str:
+        proc = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
+        return proc.stdout + proc.stderr
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def http(self, port: int, path: str, method: str = "GET") -> tuple[int, str, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
+
+    def es_count(self) -> int:
+        pattern = "sluice-measurement-*"
+        self.http(self.es_port, f"/{pattern}/_refresh", method="POST")
+        status, _, body = self.http(self.es_port, f"/{pattern}/_count")
+        assert status == 200, body
+        count: int = json.loads(body)["count"]
+        return count
+
+
+def _compose_command() -> list[str]:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"]
+
+
+_SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _SERIES.match(line)
+        if m:
+            totals[m.group(1)] = totals.get(m.group(1), 0.0) + float(m.group(3))
+    return totals
+
+
+def client_summaries(log_text: str) -> list[dict[str, Any]]:
+    """The JSON summaries clients print at exit, from `logs` output (prefixed or not)."""
+    found = []
+    for line in log_text.splitlines():
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            doc = json.loads(line[start:])
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "acked" in doc and "produced" in doc:
+            found.append(doc)
+    return found
