@@ -10,6 +10,8 @@ from elasticsearch import ApiError, AsyncElasticsearch, ConnectionError
 
 from sluice.errors import IndexingError, StoreUnavailable
 from sluice.es import (
+    DEAD_LETTER_KEYWORD_FIELDS,
+    ERROR_IGNORE_ABOVE,
     KEYWORD_FIELDS,
     TEMPLATE_PRIORITY,
     ensure_template,
@@ -102,6 +104,11 @@ def test_index_template_maps_every_field_explicitly() -> None:
     props = mappings["properties"]
     for name in KEYWORD_FIELDS:
         assert props[name] == {"type": "keyword"}
+    # The parser's dead-letter event documents (<prefix>-dead-*), counted by reason.
+    for name in ("reason", "source_message_id", "record_id", "instance"):
+        assert name in DEAD_LETTER_KEYWORD_FIELDS
+        assert props[name] == {"type": "keyword"}
+    assert props["error"] == {"type": "keyword", "ignore_above": ERROR_IGNORE_ABOVE}
     assert props["value"]["type"] == "double"
     assert props["@timestamp"]["type"] == "date"
     assert props["ingested_at"]["type"] == "date"

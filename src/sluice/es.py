@@ -2,6 +2,9 @@
 
 Documents go to daily indices ``<prefix>-<kind>-YYYY.MM.DD`` (UTC day of the record's
 ``@timestamp``), all matched by the composable template ``<prefix>`` for ``<prefix>-*``.
+The parser also writes one small event per dead-lettered record into
+``<prefix>-dead-YYYY.MM.DD`` (UTC day it was dead-lettered); the same template maps its
+fields (:data:`DEAD_LETTER_KEYWORD_FIELDS` and ``error``).
 Time-based indices rather than data streams: they behave the same on every server we
 target (osmem, the test stand-in, rejects data streams), and ``create`` with an explicit
 ``_id`` into a named daily index makes redelivered records answer 409 instead of
@@ -25,7 +28,10 @@ from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from .errors import IndexingError, StoreUnavailable
 
 __all__ = [
+    "DEAD_KIND",
+    "DEAD_LETTER_KEYWORD_FIELDS",
     "DEFAULT_PREFIX",
+    "ERROR_IGNORE_ABOVE",
     "KEYWORD_FIELDS",
     "TEMPLATE_PRIORITY",
     "ensure_template",
@@ -43,9 +49,21 @@ DEFAULT_PREFIX = "sluice"
 TEMPLATE_PRIORITY = 200
 
 # Bumped whenever the mapping changes; recorded in the template's ``_meta``.
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 
 KEYWORD_FIELDS = ("id", "kind", "sensor", "metric", "unit", "parser")
+
+#: The "kind" part of the dead-letter event indices ``<prefix>-dead-YYYY.MM.DD``; no
+#: record kind may use it.
+DEAD_KIND = "dead"
+
+#: Keyword fields of the dead-letter event documents (besides ``kind`` and ``parser``,
+#: already in :data:`KEYWORD_FIELDS`); the API counts them by ``reason``.
+DEAD_LETTER_KEYWORD_FIELDS = ("reason", "source_message_id", "record_id", "instance")
+
+#: ``error`` is a keyword too (exact-match and aggregatable); longer values stay in
+#: ``_source`` but are not indexed. The parser truncates to this many characters anyway.
+ERROR_IGNORE_ABOVE = 1024
 
 _DATE_FORMAT = "strict_date_optional_time||epoch_millis"
 _MS_PER_DAY = 86_400_000
@@ -111,9 +129,12 @@ def index_template(prefix: str = DEFAULT_PREFIX, *, replicas: int | None = None)
     settings: dict[str, Any] = {"number_of_shards": 1}
     if replicas is not None:
         settings["number_of_replicas"] = replicas
-    properties: dict[str, Any] = {name: {"type": "keyword"} for name in KEYWORD_FIELDS}
+    properties: dict[str, Any] = {
+        name: {"type": "keyword"} for name in (*KEYWORD_FIELDS, *DEAD_LETTER_KEYWORD_FIELDS)
+    }
     properties.update(
         {
+            "error": {"type": "keyword", "ignore_above": ERROR_IGNORE_ABOVE},
             "value": {"type": "double"},
             "@timestamp": {"type": "date", "format": _DATE_FORMAT},
             "ingested_at": {"type": "date", "format": _DATE_FORMAT},

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,6 +14,7 @@ import pytest
 
 from sluice.es import ensure_template, index_name, make_client
 from sluice.topology import Topology
+from tests.parser.harness import Publisher, make_records, start_parser, wait_until
 from tests.support.api import index_documents, iso_ms, make_measurements
 
 from .test_aggregations import get_json
@@ -96,8 +99,7 @@ def _ms(iso: str) -> int:
 
 
 async def test_dead_letter_documents_are_counted_by_reason(api_client, es_url, es_index_prefix):
-    """Parsers that also index their dead letters (``<prefix>-dead-*``, ``reason`` as a
-    keyword) get them counted by reason."""
+    """Whatever is in ``<prefix>-dead-*`` (``reason`` a keyword) is counted by reason."""
     client_es = make_client(es_url)
     now = int(time.time() * 1000)
     index = index_name(es_index_prefix, "dead", now)
@@ -121,6 +123,49 @@ async def test_dead_letter_documents_are_counted_by_reason(api_client, es_url, e
     ]
     assert body["broker"]["up"] is False
     assert body["queues"][0]["messages"] is None and body["dead_letters"]["total"] is None
+
+
+async def test_dead_letters_by_reason_are_what_a_parser_dead_lettered(
+    api_client, tmp_path: Path, amqp_url, namespace, es_url, es_index_prefix
+):
+    """A real ``sluice parser`` run dead-letters bad records and a poison message; the
+    pipeline view counts exactly those, by reason, from the parser's event documents."""
+    good = make_records(30)
+    bad: list[tuple[Any, str]] = [
+        ({k: v for k, v in good[0].items() if k != "metric"} | {"id": "bad-1"}, "missing_field"),
+        (good[1] | {"id": "bad-2", "value": "hot"}, "bad_value"),
+        (good[2] | {"id": "bad-3", "value": "cold"}, "bad_value"),
+        (["not", "a", "map"], "not_a_map"),
+    ]
+    async with Publisher(amqp_url, namespace) as pub:
+        await pub.publish("measurement", good[:15] + [r for r, _ in bad[:2]])
+        await pub.publish("measurement", b"\xc1 not msgpack")
+        await pub.publish("measurement", [r for r, _ in bad[2:]] + good[15:])
+    expected = Counter([reason for _, reason in bad] + ["poison"])
+    parser = start_parser(tmp_path, amqp_url=amqp_url, namespace=namespace, es_url=es_url,
+                          index_prefix=es_index_prefix)
+    try:
+        await parser.wait_ready()
+
+        async def all_acked() -> bool:
+            parser.assert_running()
+            return await parser.metric("messages_acked_total") >= 3
+
+        await wait_until(all_acked, 60, "every message to be acked")
+        client = await api_client(es_index_prefix, amqp_url=amqp_url, namespace=namespace)
+        body = await until(
+            client, "/api/v1/pipeline",
+            lambda b: sum(r["count"] for r in b["dead_letters"]["by_reason"] or [])
+            >= sum(expected.values()),
+        )
+    finally:
+        parser.stop()
+    ordered = sorted(expected.items(), key=lambda item: (-item[1], item[0]))
+    assert body["dead_letters"]["by_reason"] == [
+        {"reason": reason, "count": count} for reason, count in ordered
+    ]
+    # The authoritative copies in RabbitMQ: one dead letter per counted event.
+    assert body["dead_letters"]["total"] == sum(expected.values())
 
 
 async def test_broker_down_still_answers(api_client, es_index_prefix):

@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -187,7 +188,7 @@ async def _at_least(es_count: Any, prefix: str, n: int) -> bool:
 
 async def test_bad_records_and_poison_messages_are_dead_lettered_with_reasons(
     parsers: StartParser, amqp_url: str, namespace: str, es_index_prefix: str,
-    es_fetch_all: Any,
+    es_fetch_all: Any, es_count: Any,
 ) -> None:
     good = make_records(300)
     bad: list[tuple[Any, str]] = [
@@ -205,12 +206,16 @@ async def test_bad_records_and_poison_messages_are_dead_lettered_with_reasons(
     # "other" records pass the uppercase-only chain; Elasticsearch refuses the mapping of one.
     other_ok = {"id": "other-1", "sensor": "probe", "value": 1.5, "ts": good[0]["ts"]}
     other_refused = {"id": "other-2", "sensor": "probe", "value": "NaN-ish", "ts": good[0]["ts"]}
+    messages: list[tuple[str, Any, str]] = [
+        ("measurement", first, "batch-1"),
+        ("measurement", poison_bodies[0], "poison-1"),
+        ("measurement", second, "batch-2"),
+        ("measurement", poison_bodies[1], "poison-2"),
+        ("other", [other_ok, other_refused], "batch-3"),
+    ]
     async with Publisher(amqp_url, namespace, ("measurement", "other")) as pub:
-        await pub.publish("measurement", first)
-        await pub.publish("measurement", poison_bodies[0], message_id="poison-1")
-        await pub.publish("measurement", second)
-        await pub.publish("measurement", poison_bodies[1], message_id="poison-2")
-        await pub.publish("other", [other_ok, other_refused])
+        for kind, payload, message_id in messages:
+            await pub.publish(kind, payload, message_id=message_id)
     parser = parsers("--kinds", "measurement,other",
                      "--parsers", "measurement=measurement;other=uppercase")
     await parser.wait_ready()
@@ -242,6 +247,94 @@ async def test_bad_records_and_poison_messages_are_dead_lettered_with_reasons(
     assert [h["_id"] for h in other] == ["other-1"]
     assert other[0]["_source"] == other_ok | {"sensor": "PROBE"}
     assert (await parser.metrics())['sluice_parser_dead_lettered_total{reason="poison"}'] == 2
+
+    # Every dead letter is also an event document in <prefix>-dead-*, for the API's counts.
+    refused_reason = headers["x-sluice-reason"]
+    expected = Counter([reason for _, reason in bad] + ["poison", "poison", refused_reason])
+    dead = pattern(es_index_prefix, "dead")
+
+    async def events_written() -> bool:
+        parser.assert_running()
+        return int(await es_count(dead)) >= sum(expected.values())
+
+    await wait_until(events_written, 60, "the dead-letter event documents")
+    events = await es_fetch_all(dead)
+    assert Counter(h["_source"]["reason"] for h in events) == expected
+    assert all(h["_index"].startswith(f"{es_index_prefix}-dead-") for h in events)
+    by_record = {h["_source"].get("record_id"): h["_source"] for h in events}
+    for record, reason in bad:
+        if isinstance(record, dict):
+            event = by_record[record["id"]]
+            assert (event["reason"], event["kind"], event["parser"]) == (
+                reason, "measurement", "measurement")
+            assert event["source_message_id"] in ("batch-1", "batch-2")
+            assert event["error"] and event["@timestamp"]
+    assert (by_record["other-2"]["reason"], by_record["other-2"]["kind"]) == (
+        refused_reason, "other")
+    assert by_record["other-2"]["parser"] == "uppercase"
+    assert by_record["other-2"]["position"] == 1
+    poison_events = [h["_source"] for h in events if h["_source"]["reason"] == "poison"]
+    assert sorted(e["source_message_id"] for e in poison_events) == ["poison-1", "poison-2"]
+    assert all("record_id" not in e and "position" not in e for e in poison_events)
+    metrics = await parser.metrics()
+    assert metrics['sluice_parser_dead_letter_events_total{result="created"}'] == len(events)
+    assert metrics.get("sluice_parser_dead_letter_events_failed_total", 0) == 0
+
+    # The same messages again (a redelivery, or a client resending them): the dead letters
+    # are published again, but their event documents answer 409 and are not counted twice.
+    async with Publisher(amqp_url, namespace, ("measurement", "other")) as pub:
+        for kind, payload, message_id in messages:
+            await pub.publish(kind, payload, message_id=message_id)
+
+    async def duplicates_seen() -> bool:
+        parser.assert_running()
+        return (await parser.metric("messages_acked_total") >= 2 * len(messages)
+                and await parser.metric("dead_letter_events_total") >= 2 * len(events))
+
+    await wait_until(duplicates_seen, 60, "the redelivered dead letters")
+    metrics = await parser.metrics()
+    assert metrics['sluice_parser_dead_letter_events_total{result="duplicate"}'] == len(events)
+    assert metrics['sluice_parser_dead_letter_events_total{result="created"}'] == len(events)
+    again = await es_fetch_all(dead)
+    assert sorted(h["_id"] for h in again) == sorted(h["_id"] for h in events)
+    assert Counter(h["_source"]["reason"] for h in again) == expected
+
+
+async def test_dead_letter_events_failing_to_write_never_hold_the_ack(
+    parsers: StartParser, amqp_url: str, namespace: str, es_index_prefix: str,
+    es_count: Any, es_outage: EsOutage,
+) -> None:
+    """Elasticsearch down: messages with nothing to index are still dead-lettered and acked;
+    the event documents that cannot be written are counted as failures, not retried forever."""
+    bad = make_records(1)[0] | {"value": "hot"}
+    parser = parsers()
+    await parser.wait_ready()
+    es_outage.pause()
+    try:
+        async with Publisher(amqp_url, namespace) as pub:
+            await pub.publish("measurement", [bad], message_id="only-bad")
+            await pub.publish("measurement", b"\xc1 poison", message_id="poison")
+
+        async def acked() -> bool:
+            parser.assert_running()
+            return await parser.metric("messages_acked_total") >= 2
+
+        await wait_until(acked, 30, "both messages to be acked while Elasticsearch is down")
+        letters = await read_queue(amqp_url, Topology(namespace).dead_queue("measurement"), 2)
+        assert sorted(m.header.properties.headers["x-sluice-reason"] for m in letters) == [
+            "bad_value", "poison"]
+
+        async def given_up() -> bool:
+            parser.assert_running()
+            return await parser.metric("dead_letter_events_failed_total") >= 2
+
+        await wait_until(given_up, 60, "the event documents to be given up")
+        metrics = await parser.metrics()
+        assert metrics['sluice_parser_dead_letter_events_failed_total{cause="store"}'] == 2
+    finally:
+        es_outage.resume()
+    assert "dead_letter_events_not_written" in parser.log()
+    assert await es_count(pattern(es_index_prefix, "dead")) == 0
 
 
 async def test_sigterm_mid_stream_loses_nothing(

@@ -125,8 +125,8 @@ async def _ingest(store: Store, minutes: int) -> dict[str, Any]:
 
 
 async def _dead_reasons(store: Store) -> Optional[list[dict[str, Any]]]:
-    """Dead-lettered records by reason, from ``<prefix>-dead-*`` documents when the
-    parsers index them there; ``None`` when the store cannot count them by reason."""
+    """Dead-lettered records by reason, from the event documents parsers write to
+    ``<prefix>-dead-*``; ``None`` when the store cannot count them by reason."""
     try:
         resp = await store.search(queries.dead_reasons_body(), index=store.dead_index)
     except ApiError as exc:

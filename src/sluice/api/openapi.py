@@ -146,8 +146,8 @@ _SCHEMAS: dict[str, Any] = {
             "by_reason": {
                 "type": "array",
                 "nullable": True,
-                "description": "dead-letter documents in `<prefix>-dead-*` by `reason`, for "
-                "parsers that index their dead letters; null when the store cannot count them",
+                "description": "dead letters by `reason`, counted over the event documents parsers "
+                "write to `<prefix>-dead-*`; null when the store cannot count them",
                 "items": _obj({"reason": {"type": "string"},
                                "count": {"type": "integer", "minimum": 0}}),
             },

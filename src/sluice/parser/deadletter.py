@@ -15,15 +15,18 @@ Headers say why: ``x-sluice-reason`` (a short slug, also the metrics label),
 Every publish is confirmed by RabbitMQ before the source message is acked, on the very
 channel the source message came in on: if that channel dies in between, RabbitMQ gives
 the message to another consumer, so a record can be dead-lettered twice but never lost.
+
+Once confirmed, each letter is also counted as a small event document in Elasticsearch
+(``deadevents.py``); that copy is best-effort, the RabbitMQ dead letter is authoritative.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import aiormq
 import msgpack
@@ -38,6 +41,7 @@ __all__ = ["POISON", "DeadLetter", "DeadLetterPublisher"]
 POISON = "poison"
 
 _MAX_ERROR = 2000
+_MAX_RECORD_ID = 512
 
 
 @dataclass(frozen=True)
@@ -46,16 +50,24 @@ class DeadLetter:
     error: str
     body: bytes
     content_type: str = "application/msgpack"
+    #: index of the record in its message; ``None`` for a whole (poison) message
+    position: Optional[int] = None
+    #: the record's ``id`` when it has a string one
+    record_id: Optional[str] = None
 
     @classmethod
-    def for_record(cls, reason: str, error: str, record: Any) -> DeadLetter:
+    def for_record(
+        cls, reason: str, error: str, record: Any, position: Optional[int] = None
+    ) -> DeadLetter:
+        found = record.get("id") if isinstance(record, Mapping) else None
+        record_id = found[:_MAX_RECORD_ID] if isinstance(found, str) and found else None
         try:
             body = msgpack.packb(record, use_bin_type=True)
         except (TypeError, ValueError, OverflowError):
             # It came out of msgpack, so this should not happen; keep a readable trace.
             body, ctype = repr(record).encode("utf-8", "replace"), "text/plain"
-            return cls(reason, error, body, ctype)
-        return cls(reason, error, body)
+            return cls(reason, error, body, ctype, position, record_id)
+        return cls(reason, error, body, position=position, record_id=record_id)
 
 
 class DeadLetterPublisher:

@@ -130,12 +130,14 @@ class MessageDecoder:
                 actions.append(join((prefix, dumps(doc_id), b"}}\n", dumps(doc), b"\n")))
                 positions.append(i)
             except RecordError as exc:
-                letters.append(DeadLetter.for_record(exc.reason, exc.message, record))
+                letters.append(DeadLetter.for_record(exc.reason, exc.message, record, i))
             except orjson.JSONEncodeError as exc:
-                letters.append(DeadLetter.for_record("unserializable", str(exc), record))
+                letters.append(DeadLetter.for_record("unserializable", str(exc), record, i))
             except ValueError as exc:  # index_name: a timestamp no index can hold
-                letters.append(DeadLetter.for_record("bad_ts", str(exc), record))
+                letters.append(DeadLetter.for_record("bad_ts", str(exc), record, i))
             except Exception as exc:  # a parser bug must not stop the records behind it
                 letters.append(
-                    DeadLetter.for_record("parser_failed", f"{type(exc).__name__}: {exc}", record)
+                    DeadLetter.for_record(
+                        "parser_failed", f"{type(exc).__name__}: {exc}", record, i
+                    )
                 )

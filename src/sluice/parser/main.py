@@ -18,13 +18,14 @@ from elasticsearch.serializer import JsonSerializer
 
 from ..backoff import Backoff
 from ..errors import ConfigError, IndexingError, StoreUnavailable
-from ..es import ensure_template, index_name, make_client
+from ..es import DEAD_KIND, ensure_template, index_name, make_client
 from ..lifecycle import TaskOwner, run_service, stop_on_signals
 from ..logs import configure_logging, get_logger
 from ..ops import OpsServer
 from ..settings import BrokerSettings, StoreSettings, describe, load, option
 from ..settings import add_arguments as add_settings_arguments
 from ..topology import Topology
+from .deadevents import DeadLetterEvents
 from .deadletter import DeadLetterPublisher
 from .delivery import Chain, MessageDecoder
 from .indexer import BulkIndexer
@@ -41,6 +42,9 @@ HELP = (
 )
 
 log = get_logger(__name__)
+
+# At shutdown, how long queued dead-letter event documents may take to be written.
+_EVENTS_FLUSH_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,10 @@ class ParserSettings(BrokerSettings, StoreSettings):
                 index_name("sluice", kind, 0)
             except ValueError as exc:
                 raise ConfigError(f"kinds: {exc}") from exc
+            if kind == DEAD_KIND:
+                raise ConfigError(
+                    f"kinds: {DEAD_KIND!r} is reserved for the dead-letter event indices"
+                )
         try:
             index_name(self.index_prefix, "kind", 0)
         except ValueError as exc:
@@ -188,6 +196,11 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
     )
     probe = StoreProbe(client, metrics)
     topology = Topology(settings.namespace)
+    events = DeadLetterEvents(
+        client, settings.index_prefix, metrics,
+        parsers={kind: ",".join(chain.names) for kind, chain in chains.items()},
+        instance=settings.instance_id,
+    )
     worker = Worker(
         amqp_url=settings.amqp_url,
         topology=topology,
@@ -199,6 +212,7 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
         ),
         dead_letters=DeadLetterPublisher(topology, settings.instance_id),
         metrics=metrics,
+        events=events,
         prefetch=settings.prefetch,
         bulk_size=settings.bulk_size,
         bulk_linger=settings.bulk_linger_ms / 1000,
@@ -223,10 +237,13 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
             log.error("template_install_failed", error=str(exc))
             return 1
         if installed:
+            tasks.spawn(events.run(), name="dead-letter-events")
             worker.start()
             await stop.wait()
             log.info("parser_stopping")
             drained = await worker.stop(settings.drain_timeout)
+            # Best effort: the dead letters themselves are already confirmed in RabbitMQ.
+            await events.flush(_EVENTS_FLUSH_TIMEOUT)
             log.info("parser_stopped", drained=drained)
     finally:
         remove_handlers()

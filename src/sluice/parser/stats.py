@@ -34,6 +34,19 @@ class ParserMetrics:
             "records (or whole poison messages) published to the dead-letter exchange",
             ("reason",),
         )
+        self.dead_events = r.counter(
+            "dead_letter_events_total",
+            "dead-letter event documents sent to <prefix>-dead-*: result=created, or "
+            "duplicate (409: already written for an earlier delivery)",
+            ("result",),
+        )
+        self.dead_events_failed = r.counter(
+            "dead_letter_events_failed_total",
+            "dead-letter event documents not written (the RabbitMQ dead letter still exists): "
+            "cause=store (Elasticsearch unreachable or busy), refused, dropped (buffer full, "
+            "shutdown) or error",
+            ("cause",),
+        )
         self.retries = r.counter(
             "bulk_retries_total",
             "bulk retries: cause=request (the request failed) or item (429/5xx items)",

@@ -5,6 +5,8 @@ Flow per process::
     quorum queue <ns>.raw.<kind>  --(prefetch, manual acks)-->  decode + parse (delivery.py)
         --> batch (up to bulk_size documents or bulk_linger_ms)  --> bulk request (indexer.py)
         --> dead letters confirmed (deadletter.py)  --> basic_ack of every message in the batch
+        (confirmed dead letters also queued as event documents for ``<prefix>-dead-*``,
+        written in the background by deadevents.py)
 
 A message is acked only when each of its records is indexed, known as a duplicate, or
 dead-lettered with a confirm. Until then it stays unacked, so if this process dies,
@@ -32,6 +34,7 @@ from ..errors import BrokerUnavailable, PublishRejected, StoreUnavailable
 from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
 from ..topology import Topology
+from .deadevents import DeadLetterEvents
 from .deadletter import DeadLetter, DeadLetterPublisher
 from .delivery import Delivery, MessageDecoder
 from .indexer import BulkIndexer, BulkOutcome
@@ -55,6 +58,7 @@ class Worker:
         indexer: BulkIndexer,
         dead_letters: DeadLetterPublisher,
         metrics: ParserMetrics,
+        events: Optional[DeadLetterEvents] = None,
         prefetch: int = 200,
         bulk_size: int = 5000,
         bulk_linger: float = 0.05,
@@ -66,6 +70,7 @@ class Worker:
         self._indexer = indexer
         self._dead = dead_letters
         self._metrics = metrics
+        self._events = events
         self._prefetch = prefetch
         self._bulk_size = bulk_size
         self._linger = bulk_linger
@@ -215,8 +220,11 @@ class Worker:
         for refusal in outcome.refused:
             at = bisect.bisect_right(starts, refusal.position) - 1
             delivery = live[at]
-            record = delivery.record(delivery.positions[refusal.position - starts[at]])
-            delivery.letters.append(DeadLetter.for_record(refusal.reason, refusal.error, record))
+            position = delivery.positions[refusal.position - starts[at]]
+            record = delivery.record(position)
+            delivery.letters.append(
+                DeadLetter.for_record(refusal.reason, refusal.error, record, position)
+            )
         await asyncio.gather(*(self._finish(d) for d in live))
 
     async def _finish(self, delivery: Delivery) -> None:
@@ -236,6 +244,9 @@ class Worker:
             return
         for letter in delivery.letters:
             self._metrics.dead_lettered.inc(1, letter.reason)
+        if self._events is not None and delivery.letters:
+            # Queued for a background bulk: never waited for, never in the way of the ack.
+            self._events.record(delivery.kind, delivery.message_id, delivery.letters)
         try:
             await delivery.channel.basic_ack(delivery.tag)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
