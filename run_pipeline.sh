@@ -6,7 +6,8 @@
 #   ./run_pipeline.sh scale svc=N...        change replica counts of running services
 #   ./run_pipeline.sh status                containers, health, endpoints
 #   ./run_pipeline.sh logs [svc...]         logs (extra flags go to compose, e.g. -f)
-#   ./run_pipeline.sh demo                  stream a fixed number of records, print aggregates
+#   ./run_pipeline.sh demo                  pause the load generators, stream a fixed number of
+#                                           records, wait until they are indexed, print aggregates
 #   ./run_pipeline.sh down [--volumes]      stop and remove (--volumes: and the data)
 #
 # Environment:
@@ -17,6 +18,7 @@
 #   SLUICE_INGEST_PORT, SLUICE_HTTP_PORT, SLUICE_RABBITMQ_UI_PORT, SLUICE_ES_PORT  host ports
 #   SLUICE_WAIT_TIMEOUT      seconds to wait for health (default 300)
 #   SLUICE_DEMO_COUNT        records the demo sends (default 20000)
+#   SLUICE_DEMO_TIMEOUT      seconds the demo waits for its records to be indexed (default 120)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -32,7 +34,7 @@ say() { printf '%s\n' "$*"; }
 die() { printf 'run_pipeline: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+    awk 'NR == 1 { next } /^set -euo/ { exit } { sub(/^# ?/, ""); print }' "$0"
 }
 
 # Images built without a registry: use them unless told otherwise. Variables already set in
@@ -106,13 +108,14 @@ container_states() {
 }
 
 show_not_ready() {
-    local name
+    local service name rest
     say "Not ready:" >&2
+    # shellcheck disable=SC2001  # indents every line
     sed 's/^/  /' <<<"$1" >&2
-    for name in $(awk '{print $2}' <<<"$1"); do
-        say "--- last log lines of $name ---" >&2
+    while read -r service name rest; do
+        say "--- last log lines of $name ($service) ---" >&2
         docker logs --tail 20 "$name" 2>&1 | sed 's/^/  /' >&2
-    done
+    done <<<"$1"
 }
 
 # Ready: running and healthy (or without a health check), or a finished client run (exit 0).
@@ -159,6 +162,9 @@ Stop:           ./run_pipeline.sh down   (add --volumes to delete the data)
 EOF
 }
 
+# Arrays are expanded as ${a[@]+"${a[@]}"}: bash < 4.4 (macOS's /bin/bash is 3.2) treats
+# "${a[@]}" of an empty array as unbound under `set -u`.
+
 # shellcheck disable=SC2120  # demo calls it without arguments
 cmd_up() {
     local args=() service
@@ -169,12 +175,12 @@ cmd_up() {
             *) die "up: unknown argument '$1' (expected --scale svc=N)" ;;
         esac
     done
-    for service in "${args[@]}"; do
+    for service in ${args[@]+"${args[@]}"}; do
         [[ $service == --scale || $service =~ ^[a-z]+=[0-9]+$ ]] || die "bad scale '$service' (expected svc=N)"
     done
     build
     say "Starting the pipeline ..."
-    compose up -d --no-build --remove-orphans "${args[@]}"
+    compose up -d --no-build --remove-orphans ${args[@]+"${args[@]}"}
     wait_healthy
     endpoints
 }
@@ -190,7 +196,7 @@ cmd_scale() {
     # Only the named services change: without --no-deps and the service names, compose would
     # also reset every other service to one replica. nginx needs no restart: it re-resolves
     # the service name every few seconds.
-    compose up -d --no-build --no-deps --no-recreate "${args[@]}" "${services[@]}"
+    compose up -d --no-build --no-deps --no-recreate ${args[@]+"${args[@]}"} ${services[@]+"${services[@]}"}
     wait_healthy
 }
 
@@ -212,28 +218,99 @@ cmd_logs() {
 
 api_get() { curl -fsS --max-time 10 "http://localhost:$HTTP_PORT$1"; }
 
+# The first integer value of KEY in the JSON on stdin (flat objects, as the API and the client print).
+json_int() { sed -n "s/.*\"$1\": *\([0-9][0-9]*\).*/\1/p" | head -n 1; }
+
+# Documents the API counts (GET /api/v1/stats without filters); empty when it does not answer.
+doc_count() { api_get /api/v1/stats 2>/dev/null | json_int count; }
+
+# The load generators (service `client`) the demo stopped, to start again when it ends.
+PAUSED=()
+resume_load_generators() {
+    ((${#PAUSED[@]})) || return 0
+    say "Resuming the ${#PAUSED[@]} load generator(s) paused for the demo."
+    docker start ${PAUSED[@]+"${PAUSED[@]}"} >/dev/null || say "could not restart them: ./run_pipeline.sh up" >&2
+    PAUSED=()
+}
+
+# The demo shows its own records arriving: the compose load generators (which stream forever
+# by default) are stopped first, so the document count moves only with the demo's records.
 cmd_demo() {
-    local count=${SLUICE_DEMO_COUNT:-20000} previous="" current=""
+    local count=${SLUICE_DEMO_COUNT:-20000} timeout=${SLUICE_DEMO_TIMEOUT:-120}
+    local before now previous summary acked expected deadline client_status=0 status=0 id
+    [[ $count =~ ^[1-9][0-9]*$ ]] || die "SLUICE_DEMO_COUNT must be a positive number, not '$count'"
+    [[ $timeout =~ ^[0-9]+$ ]] || die "SLUICE_DEMO_TIMEOUT must be a number of seconds, not '$timeout'"
     command -v curl >/dev/null 2>&1 || die "demo needs curl"
     if ! api_get /healthz >/dev/null 2>&1; then
         say "The pipeline is not up; starting it first."
         cmd_up
     fi
-    say "Streaming $count records through nginx (one-off client container) ..."
-    compose run --rm --no-deps client client --target=nginx:7000 --json \
-        --connections=4 --rate=0 --count="$count" \
-        || say "The client could not deliver every record (its summary is above)." >&2
-    # The client has its acks once records are in RabbitMQ; give the parsers time to index.
-    say "Waiting for the aggregates to settle ..."
-    for _ in $(seq 30); do
-        current=$(api_get /api/v1/stats 2>/dev/null || true)
-        [[ -n $current && $current == "$previous" ]] && break
-        previous=$current
-        sleep 2
+
+    while read -r id; do
+        [[ -n $id ]] && PAUSED+=("$id")
+    done < <(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+        --filter "label=com.docker.compose.service=client" --filter "label=com.docker.compose.oneoff=False")
+    if ((${#PAUSED[@]})); then
+        say "Pausing the ${#PAUSED[@]} load generator(s) (service client) for the demo, so that the"
+        say "document count moves only with the demo's records; they resume when it ends."
+        trap resume_load_generators EXIT
+        # SIGTERM: each one waits for the acks it is owed, then exits (stop_grace_period).
+        compose stop client >/dev/null 2>&1 || die "could not stop the load generators"
+    fi
+
+    # What the stopped generators had acked is still on its way into the index: wait until
+    # the count stops moving.
+    say "Counting the documents already indexed ..."
+    deadline=$((SECONDS + 60))
+    before=$(doc_count)
+    while :; do
+        sleep 3
+        previous=$before
+        before=$(doc_count)
+        [[ -n $before && $before == "$previous" ]] && break
+        ((SECONDS < deadline)) || break
     done
+    [[ -n $before ]] || die "the API does not answer at http://localhost:$HTTP_PORT/api/v1/stats"
+    say "Documents before the demo: $before"
+
+    say "Streaming $count records through nginx (one-off client container, --count=$count --json) ..."
+    # -T: no TTY, so the JSON summary on stdout stays apart from log lines on stderr, which
+    # are kept to warnings and errors.
+    summary=$(compose run --rm --no-deps -T -e SLUICE_LOG_LEVEL=warning client client --target=nginx:7000 --json \
+        --connections=4 --rate=0 --count="$count") || client_status=$?
+    say "Client summary: ${summary:-(none)}"
+    acked=$(json_int acked <<<"$summary")
+    [[ -n $acked ]] || die "the demo client printed no summary (exit status $client_status)"
+    ((client_status == 0)) || say "The client could not deliver every record: $acked of $count acked." >&2
+
+    # Acked means safely in RabbitMQ; the parsers index it moments later.
+    expected=$((before + acked))
+    say "Waiting until the API counts $expected documents ($before + $acked acked), up to ${timeout}s ..."
+    deadline=$((SECONDS + timeout))
+    now=$(doc_count)
+    while [[ -z $now || $now -lt $expected ]] && ((SECONDS < deadline)); do
+        sleep 1
+        now=$(doc_count)
+    done
+    now=${now:-0}
+    if ((now == expected)); then
+        say "All $acked acked records of the demo are indexed: $before -> $now documents."
+    elif ((now > expected)); then
+        say "All $acked acked records are indexed, and $((now - expected)) more documents arrived from elsewhere: $before -> $now."
+    else
+        say "After ${timeout}s only $((now - before)) of the $acked acked records are indexed ($before -> $now); see ./run_pipeline.sh logs parser" >&2
+        status=1
+    fi
+
     say ""
     say "curl -s http://localhost:$HTTP_PORT/api/v1/stats"
     api_get /api/v1/stats | { python3 -m json.tool 2>/dev/null || cat; }
+    say ""
+    say "curl -s 'http://localhost:$HTTP_PORT/api/v1/sensors?size=5'"
+    api_get '/api/v1/sensors?size=5' | { python3 -m json.tool 2>/dev/null || cat; }
+    say ""
+    resume_load_generators
+    ((status == 0 && client_status == 0))
 }
 
 cmd_down() {
@@ -244,7 +321,7 @@ cmd_down() {
             *) die "down: unknown argument '$1' (expected --volumes)" ;;
         esac
     done
-    compose down "${args[@]}"
+    compose down ${args[@]+"${args[@]}"}
 }
 
 main() {

@@ -184,20 +184,23 @@ main() {
         ( start=$SECONDS; "build_$name"; echo $((SECONDS - start)) >"$WORKDIR/$name.seconds" ) &
         jobs[$name]=$!
     done
-    for name in "${!jobs[@]}"; do
-        if wait "${jobs[$name]}"; then
-            TIMINGS+=("$(printf '%-58s %4ds' "$name" "$(cat "$WORKDIR/$name.seconds")")")
-        else
-            failed=1
-        fi
-    done
-    ((${#jobs[@]})) && TIMINGS+=("$(printf '%-58s %4ds' "(images in parallel)" $((SECONDS - started)))")
+    # Empty arrays are guarded: "${a[@]}" of an empty array is unbound under set -u in bash < 4.4.
+    if ((${#jobs[@]})); then
+        for name in "${!jobs[@]}"; do
+            if wait "${jobs[$name]}"; then
+                TIMINGS+=("$(printf '%-58s %4ds' "$name" "$(cat "$WORKDIR/$name.seconds")")")
+            else
+                failed=1
+            fi
+        done
+        TIMINGS+=("$(printf '%-58s %4ds' "(images in parallel)" $((SECONDS - started)))")
+    fi
     ((failed == 0)) || die "some images failed to build (see above)"
     write_env_file
 
     log "timings:"
     local t
-    for t in "${TIMINGS[@]}"; do log "  $t"; done
+    for t in ${TIMINGS[@]+"${TIMINGS[@]}"}; do log "  $t"; done
     log "  $(printf '%-58s %4ds' total $((SECONDS - total)))"
     log "image names written to $ENV_FILE:"
     grep -v '^#' "$ENV_FILE" >&2

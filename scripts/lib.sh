@@ -38,19 +38,25 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-ensure_apt_packages() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-            || missing+=("$pkg")
-    done
-    if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
-}
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
-# A broker for the tests: SLUICE_AMQP_URL if set, else a local rabbitmq-server.
+# venv_for PYTHON -> the project's virtualenv directory for that interpreter
+venv_for() {
+    echo ".venv-$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+}
+
+# ensure_binary PATH PACKAGE...: install the packages when PATH is missing.
+ensure_binary() {
+    local path="$1"; shift
+    [[ -e "$path" ]] || apt_install "$@"
+    [[ -e "$path" ]] || die "$path is still missing after installing $*"
+}
+
+# A broker for the tests: SLUICE_AMQP_URL if set, else a local rabbitmq-server. The
+# binaries are installed either way: some tests start a private node of their own.
 ensure_rabbitmq() {
+    ensure_binary /usr/sbin/rabbitmq-server rabbitmq-server
     if [[ -n "${SLUICE_AMQP_URL:-}" ]]; then
         log "using RabbitMQ at SLUICE_AMQP_URL"
         return
@@ -59,7 +65,6 @@ ensure_rabbitmq() {
         log "RabbitMQ already listening on localhost:5672"
         return
     fi
-    command -v rabbitmq-server >/dev/null 2>&1 || ensure_apt_packages rabbitmq-server
     # Debian's package may try to start the node itself; only start one if none is up.
     if ! rabbitmqctl -q status >/dev/null 2>&1; then
         log "starting rabbitmq-server"

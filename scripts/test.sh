@@ -19,17 +19,19 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 PYTHON="$(resolve_python "${SLUICE_PYTHON:-python3}")"
-VERSION="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-VENV=".venv-$VERSION"
+VENV="$(venv_for "$PYTHON")"
 
-log "python $VERSION ($PYTHON), virtualenv $VENV"
+log "python $PYTHON, virtualenv $VENV"
 if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -e ".[test,lint]"
 
-ensure_apt_packages nginx-light libnginx-mod-stream chromium
+# Checked by file, not package name: any nginx with the stream module will do.
+ensure_binary /usr/sbin/nginx nginx-light
+ensure_binary /usr/lib/nginx/modules/ngx_stream_module.so libnginx-mod-stream
+ensure_binary /usr/bin/chromium chromium
 ensure_rabbitmq
 if [[ "$*" != *"not docker"* ]]; then
     ./scripts/ci-docker.sh

@@ -1,7 +1,8 @@
 # RabbitMQ from Debian's package, for machines without a registry (see
 # scripts/build-offline-images.sh). Behaves like the official rabbitmq:*-management image in
 # what docker-compose.yml relies on: ports 5672/15672, data in /var/lib/rabbitmq,
-# RABBITMQ_DEFAULT_USER/RABBITMQ_DEFAULT_PASS, `rabbitmq-diagnostics -q ping` as health check.
+# RABBITMQ_DEFAULT_USER/RABBITMQ_DEFAULT_PASS, and the health check
+# `rabbitmq-diagnostics -q check_port_connectivity` (listeners accept connections).
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 RUN apt-get update \

@@ -19,7 +19,7 @@ from .backoff import Backoff
 from .errors import BrokerUnavailable
 from .lifecycle import TaskOwner
 from .logs import get_logger
-from .settings import _mask_url
+from .settings import mask_url
 
 __all__ = ["BrokerLink"]
 
@@ -91,14 +91,14 @@ class BrokerLink:
                 raise
             except Exception as exc:
                 delay = self._backoff.next_delay()
-                log.warning("broker_connect_failed", link=self._name, url=_mask_url(self._url),
+                log.warning("broker_connect_failed", link=self._name, url=mask_url(self._url),
                             error=repr(exc), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
                 continue
             self.connects += 1
             self._backoff.reset()
             self._up.set()
-            log.info("broker_connected", link=self._name, url=_mask_url(self._url))
+            log.info("broker_connected", link=self._name, url=mask_url(self._url))
             assert self._connection is not None and self._channel is not None
             # Whichever closes first, connection or channel, ends this link.
             # asyncio.wait never cancels what it waits on: aiormq owns these futures.
@@ -109,10 +109,18 @@ class BrokerLink:
             reason = self._close_reason()
             self._up.clear()
             log.warning("broker_link_lost", link=self._name, error=repr(reason))
-            if self._on_lost is not None:
-                self._on_lost(reason)
+            self._notify_lost(reason)
             await self._drop()
             await asyncio.sleep(self._backoff.next_delay())
+
+    def _notify_lost(self, reason: BaseException) -> None:
+        # The owner's callback must not be able to end the reconnect loop.
+        if self._on_lost is None:
+            return
+        try:
+            self._on_lost(reason)
+        except Exception as exc:
+            log.error("broker_on_lost_failed", link=self._name, error=repr(exc), exc_info=exc)
 
     def _close_reason(self) -> BaseException:
         for thing in (self._channel, self._connection):
@@ -133,6 +141,6 @@ class BrokerLink:
         await self._tasks.close()
         was_up = self._up.is_set()
         self._up.clear()
-        if was_up and self._on_lost is not None:
-            self._on_lost(BrokerUnavailable("link closed by its owner"))
+        if was_up:
+            self._notify_lost(BrokerUnavailable("link closed by its owner"))
         await self._drop()

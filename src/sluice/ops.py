@@ -57,9 +57,8 @@ class OpsServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        addresses = self._runner.addresses
+        self.bound_port = int(addresses[0][1]) if addresses else self._port
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -36,6 +36,7 @@ __all__ = [
     "describe",
     "env_name",
     "load",
+    "mask_url",
     "option",
 ]
 
@@ -169,7 +170,7 @@ def load(
     return cls(**values)
 
 
-def _mask_url(value: str) -> str:
+def mask_url(value: str) -> str:
     try:
         parts = urlsplit(value)
     except ValueError:
@@ -190,6 +191,6 @@ def describe(settings: CommonSettings) -> dict[str, Any]:
         if f.metadata.get("secret") and value:
             value = "***"
         elif isinstance(value, str) and "://" in value:
-            value = _mask_url(value)
+            value = mask_url(value)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out

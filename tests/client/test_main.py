@@ -47,7 +47,7 @@ def test_parse_target(target: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize("argv", [
     ["--target", "nohost"], ["--target", "h:0"], ["--connections", "0"], ["--batch-size", "0"],
-    ["--rate", "-1"], ["--kind", "Bad Kind"], ["--kind", "logs"],
+    ["--rate", "-1"], ["--kind", "Bad Kind"], ["--kind", "logs"], ["--give-up-after", "-1"],
 ])
 def test_bad_settings_are_refused(argv: list[str]) -> None:
     with pytest.raises(ConfigError):
@@ -115,11 +115,29 @@ async def test_cli_exits_1_when_records_are_not_acked() -> None:
     fake = FakeServer()
     port = await fake.start()
     await fake.close()
-    code, out, _ = await _cli("--target", f"127.0.0.1:{port}", "--count", "100", "--max-tries", "2",
+    code, out, _ = await _cli("--target", f"127.0.0.1:{port}", "--count", "100", "--give-up-after", "1",
                               "--json")
     assert code == 1
     summary = json.loads(out)
     assert summary["acked"] == 0 and summary["failed"] == summary["produced"] > 0
+    assert summary["source_error"] is None
+
+
+async def test_cli_exits_4_when_the_input_cannot_be_read(fake: FakeServer) -> None:
+    # /proc/self/mem opens (so it passes every up-front check) but its first read fails with EIO
+    port = await fake.start()
+    code, out, err = await _cli("--target", f"127.0.0.1:{port}", "--file", "/proc/self/mem", "--json")
+    assert code == 4, err
+    summary = json.loads(out)
+    assert "Input/output error" in summary["source_error"]
+    assert '"source_failed"' in err
+
+
+async def test_cli_refuses_a_file_it_cannot_open_before_connecting(tmp_path: Path) -> None:
+    code, out, err = await _cli("--target", "127.0.0.1:1", "--file", str(tmp_path / "nope.ndjson"))
+    assert code == 2
+    assert out == ""
+    assert "cannot be read" in err and "nope.ndjson" in err
 
 
 async def test_cli_text_summary(fake: FakeServer) -> None:
@@ -134,5 +152,6 @@ async def test_cli_help_lists_client_flags() -> None:
     code, out, _ = await _cli("--help")
     assert code == 0
     for flag in ("--target", "--connections", "--batch-size", "--linger-ms", "--rate", "--duration",
-                 "--count", "--sensors", "--seed", "--file", "--json", "--max-tries", "--kind"):
+                 "--count", "--sensors", "--seed", "--file", "--json", "--max-tries", "--kind",
+                 "--give-up-after"):
         assert flag in out

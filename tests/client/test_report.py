@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import io
 import json
+import typing
 
 from sluice.client.report import (
     EXIT_INVALID_INPUT,
     EXIT_NOT_ACKED,
     EXIT_OK,
+    EXIT_SOURCE_ERROR,
     Stats,
     Summary,
     exit_status,
@@ -83,3 +85,18 @@ async def test_progress_line_clears_itself() -> None:
     await asyncio.gather(task, return_exceptions=True)
     assert "acked 5" in out.getvalue()
     assert out.getvalue().endswith("\r\x1b[K")
+
+
+def test_summary_type_hints_resolve_on_every_supported_python() -> None:
+    hints = typing.get_type_hints(Summary)
+    assert hints["seed"] == typing.Optional[int]
+    assert hints["source_error"] == typing.Optional[str]
+
+
+def test_a_source_error_wins_the_exit_status() -> None:
+    stats = Stats()
+    stats.produced, stats.acked = 10, 10
+    stats.source_error = "OSError: [Errno 5] Input/output error"
+    summary = Summary.of(stats, "h:1", 1, seed=None)
+    assert exit_status(summary) == EXIT_SOURCE_ERROR
+    assert json.loads(summary.to_json())["source_error"] == stats.source_error

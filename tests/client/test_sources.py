@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO
@@ -168,3 +169,38 @@ async def test_file_source_flushes_a_partial_batch_after_linger(tmp_path: Path) 
         assert first is not None and first.count == 3
         writer.close()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_line_over_max_line_is_rejected_by_number_and_skipped(tmp_path: Path) -> None:
+    # kind "logs" takes any JSON object, so only the length can reject these lines
+    good = [json.dumps({"id": f"r{i}"}) for i in range(4)]
+    huge = json.dumps({"blob": "x" * 300_000})  # spans several reads
+    path = tmp_path / "in.ndjson"
+    # lines: 1 good, 2 huge, 3 good, 4 just over the limit, 5 good, 6 huge without a newline
+    just_over = json.dumps({"blob": "y" * 989})
+    assert len(just_over) == 1001
+    path.write_text("\n".join([good[0], huge, good[1], just_over, good[2], huge]))
+    stats = Stats()
+    batches = await _collect(FileSource(str(path), stats, batch_size=10, linger=5.0, kind="logs",
+                                        max_line=1000))
+    sent = [r["id"] for b in batches for r in msgpack.unpackb(b.payload, raw=False)]
+    assert sent == ["r0", "r1", "r2"]
+    assert stats.invalid_lines == [2, 4, 6]
+
+
+async def test_a_line_over_the_default_limit_never_sits_in_memory_whole(tmp_path: Path) -> None:
+    # 40 MiB in one line: held whole (and rejoined chunk by chunk, quadratic) before the cap
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(b'{"blob": "' + b"z" * (40 << 20) + b'"}\n{"id": "r1"}\n')
+    stats = Stats()
+    started = time.monotonic()
+    batches = await _collect(FileSource(str(path), stats, batch_size=10, linger=5.0, kind="logs"))
+    assert time.monotonic() - started < 20
+    assert [r.get("id") for b in batches for r in msgpack.unpackb(b.payload, raw=False)] == ["r1"]
+    assert stats.invalid_lines == [1]
+
+
+def test_file_source_open_fails_up_front_on_a_bad_path(tmp_path: Path) -> None:
+    source = FileSource(str(tmp_path / "missing.ndjson"), Stats(), batch_size=10, linger=0.1)
+    with pytest.raises(FileNotFoundError):
+        source.open()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import msgpack
@@ -11,9 +13,9 @@ from sluice.client.batch import OutBatch
 from sluice.client.feed import Feed
 from sluice.client.report import Stats, Summary
 from sluice.client.sources import MeasurementGenerator
-from sluice.client.stream import Stream
+from sluice.client.stream import Stream, session_client_id
 
-from .fakes import FakeServer
+from .fakes import FakeServer, Received
 
 
 @pytest.fixture
@@ -24,21 +26,26 @@ async def server() -> AsyncIterator[FakeServer]:
 
 
 async def _stream_all(server: FakeServer, batches: list[OutBatch], *, connections: int = 1,
-                      max_tries: int = 5) -> tuple[Stats, list[Stream]]:
+                      max_tries: int = 5, give_up_after: float = 600.0, ping_interval: float = 5.0,
+                      timeout: float = 60) -> tuple[Stats, list[Stream]]:
     port = await server.start()
     stats = Stats()
     feed = Feed(4)
     streams = [
         Stream(i, "127.0.0.1", port, f"test-{i}", feed, stats, max_tries=max_tries,
-               backoff=Backoff(base=0.001, cap=0.01))
+               give_up_after=give_up_after, backoff=Backoff(base=0.001, cap=0.01),
+               ping_interval=ping_interval)
         for i in range(connections)
     ]
     tasks = [asyncio.ensure_future(s.run()) for s in streams]
-    for batch in batches:
-        stats.produced += batch.count
-        await feed.put(batch)
-    feed.close()
-    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+    async def put_all() -> None:
+        for batch in batches:
+            stats.produced += batch.count
+            await feed.put(batch)
+        feed.close()
+
+    await asyncio.wait_for(asyncio.gather(put_all(), *tasks), timeout)
     return stats, streams
 
 
@@ -58,8 +65,9 @@ async def test_everything_is_acked_exactly_once_over_several_connections(server:
     assert (stats.sent, stats.acked, stats.resent, stats.nacked, stats.inflight) == (1000, 1000, 0, 0, 0)
     assert server.connections == 3
     assert len(stats.latencies) == 40
-    # every connection says hello with its own client id
-    assert {b.client_id for b in server.acked} <= {"test-0", "test-1", "test-2"}
+    # every connection says hello with its own client id: the stream's, plus its session
+    assert {b.client_id for b in server.acked} <= {"test-0.1", "test-1.1", "test-2.1"}
+    assert len({b.client_id for b in server.acked}) == 3
 
 
 async def test_nacked_batches_are_resent_with_the_same_bytes(server: FakeServer) -> None:
@@ -88,20 +96,31 @@ async def test_a_dropped_connection_resends_every_unacked_batch(server: FakeServ
     assert stats.resent > 0
     assert server.connections == 3
     # seq is per connection: a resend may reuse a number, but on a new connection
-    for conn_batches in _by_connection(server):
+    groups = _by_connection(server)
+    assert sorted(groups) == [0, 1, 2]
+    for conn_batches in groups.values():
         seqs = [b.seq for b in conn_batches]
         assert len(seqs) == len(set(seqs))
+    # ... which says hello with a new client id, so <client_id>:<seq> (the AMQP message_id)
+    # never names two sends
+    assert len({conn[0].client_id for conn in groups.values()}) == 3
+    message_ids = server.message_ids()
+    assert len(message_ids) == len(set(message_ids))
 
 
-def _by_connection(server: FakeServer) -> list[list]:
-    out: list[list] = [[]]
-    last = 0
+def _by_connection(server: FakeServer) -> dict[int, list[Received]]:
+    out: dict[int, list[Received]] = {}
     for b in server.seen:
-        if b.seq <= last:
-            out.append([])
-        out[-1].append(b)
-        last = b.seq
+        out.setdefault(b.connection, []).append(b)
     return out
+
+
+def test_session_client_id_stays_within_128_bytes() -> None:
+    assert session_client_id("host-1-ab12cd-0", 7) == "host-1-ab12cd-0.7"
+    long_id = session_client_id("é" * 200, 123)
+    assert len(long_id.encode("utf-8")) <= 128
+    assert long_id.endswith(".123")
+    long_id.encode("utf-8").decode("utf-8")  # cut on a character boundary
 
 
 async def test_a_batch_larger_than_max_frame_is_split(server: FakeServer) -> None:
@@ -124,14 +143,33 @@ async def test_a_single_record_over_max_frame_fails(server: FakeServer) -> None:
     assert summary.failed == 2
 
 
-async def test_batches_are_given_up_after_max_tries(server: FakeServer) -> None:
+async def test_batches_refused_max_tries_times_are_given_up(server: FakeServer) -> None:
     server.nack_first = 10**6
+    server.nack_code = "refused"
     stats, _ = await _stream_all(server, _batches(2, 10), max_tries=3)
     assert stats.acked == 0
     assert stats.gave_up == 20
     assert stats.nacked == 60  # each batch nacked on each of its 3 tries
     assert all(len(r.payload) for r in server.seen)
     assert len(server.seen) == 6
+
+
+async def test_unroutable_batches_fail_fast_whatever_max_tries(server: FakeServer) -> None:
+    server.nack_first = 10**6
+    server.nack_code = "unroutable"
+    stats, _ = await _stream_all(server, _batches(2, 10), max_tries=20)
+    assert (stats.acked, stats.gave_up) == (0, 20)
+    assert len(server.seen) == 6  # 3 tries each, not 20
+
+
+async def test_unavailable_nacks_do_not_use_up_max_tries(server: FakeServer) -> None:
+    # RabbitMQ restarting: the server nacks `unavailable` for longer than max_tries allows
+    server.nack_first = 12
+    batches = _batches(3, 10)
+    stats, _ = await _stream_all(server, batches, max_tries=2)
+    assert (stats.acked, stats.gave_up) == (30, 0)
+    assert stats.nacked >= 120
+    assert sorted(r["id"] for r in server.acked_records()) == sorted(_ids(batches))
 
 
 async def test_a_refused_hello_is_retried(server: FakeServer) -> None:
@@ -141,17 +179,113 @@ async def test_a_refused_hello_is_retried(server: FakeServer) -> None:
     assert server.connections == 3
 
 
-async def test_an_unreachable_server_is_given_up_after_max_tries() -> None:
+async def test_refused_connections_do_not_use_up_max_tries(server: FakeServer) -> None:
+    # a server restarting behind the balancer: many failed attempts in a row, then it is back
+    server.refuse_first = 25
+    stats, streams = await _stream_all(server, _batches(3, 5), max_tries=3)
+    assert (stats.acked, stats.gave_up) == (15, 0)
+    assert not streams[0].gave_up
+    assert server.connections == 26
+
+
+async def test_an_unreachable_server_is_given_up_after_give_up_after() -> None:
     fake = FakeServer()
     port = await fake.start()
     await fake.close()  # nothing listens there any more
     stats = Stats()
     feed = Feed(4)
-    stream = Stream(0, "127.0.0.1", port, "t", feed, stats, max_tries=3,
+    stream = Stream(0, "127.0.0.1", port, "t", feed, stats, max_tries=1, give_up_after=0.3,
+                    backoff=Backoff(base=0.001, cap=0.01))
+    started = time.monotonic()
+    await asyncio.wait_for(stream.run(), 30)
+    assert stream.gave_up
+    assert time.monotonic() - started >= 0.3
+    assert stats.reconnects > 1  # attempts are not limited by max_tries, only by time
+
+
+async def test_give_up_all_gives_up_exactly_what_the_server_did_not_ack(server: FakeServer) -> None:
+    # The server acks 3 batches, then vanishes (flushing those acks first) while the stream
+    # holds more in flight; reconnecting fails until give_up_after.
+    server.vanish_after = 3
+    port = await server.start()
+    stats = Stats()
+    feed = Feed(100)
+    batches = _batches(20, 10)
+    for batch in batches:
+        stats.produced += batch.count
+        await feed.put(batch)
+    feed.close()
+    stream = Stream(0, "127.0.0.1", port, "t", feed, stats, max_tries=5, give_up_after=0.3,
                     backoff=Backoff(base=0.001, cap=0.01))
     await asyncio.wait_for(stream.run(), 30)
     assert stream.gave_up
-    assert stats.reconnects == 2
+    acked_ids = [r["id"] for r in server.acked_records()]
+    assert stats.acked == len(acked_ids) == 30
+    held_back = [r["id"] for b in feed.drain() for r in msgpack.unpackb(b.payload, raw=False)]
+    assert stats.gave_up == stats.sent - stats.acked > 0
+    assert stats.gave_up + stats.acked + len(held_back) == 200
+    # what was given up is every sent record the server did not ack: nothing acked, nothing lost
+    assert not set(acked_ids) & set(held_back)
+    assert stats.inflight == 0
+    assert stream.held() == 0
+
+
+async def test_a_silent_server_ends_the_session_and_batches_are_resent(server: FakeServer) -> None:
+    # The first connection gets a welcome, then nothing: no ack, no pong.
+    server.silent_first = 1
+    batches = _batches(5, 10)
+    stats, _ = await _stream_all(server, batches, ping_interval=0.05, timeout=10)
+    assert server.connections == 2
+    groups = _by_connection(server)
+    assert [b.payload for b in groups[1]] == [b.payload for b in groups[0]]  # same bytes, same order
+    assert sorted(r["id"] for r in server.acked_records()) == sorted(_ids(batches))
+    assert (stats.acked, stats.resent) == (50, 50)
+
+
+async def test_a_silent_idle_server_is_noticed_by_its_unanswered_ping(server: FakeServer) -> None:
+    server.silent_first = 1
+    port = await server.start()
+    stats = Stats()
+    feed = Feed(4)
+    stream = Stream(0, "127.0.0.1", port, "idle", feed, stats, max_tries=3, ping_interval=0.02,
+                    backoff=Backoff(base=0.001, cap=0.01))
+    task = asyncio.ensure_future(stream.run())
+    for _ in range(5000):
+        if server.connections >= 2:
+            break
+        await asyncio.sleep(0.002)
+    assert server.connections >= 2
+    stats.produced += 5
+    await feed.put(_batches(1, 5)[0])
+    feed.close()
+    await asyncio.wait_for(task, 10)
+    assert stats.acked == 5
+
+
+async def test_a_server_holding_acks_but_answering_pings_is_not_given_up(server: FakeServer) -> None:
+    # RabbitMQ slow to confirm: no acks for many silence timeouts, but pongs come back, so
+    # the connection stays; the stream leaves one of the server's slots free for the pings.
+    server.hold_acks = True
+    server.max_inflight = 8
+    port = await server.start()
+    stats = Stats()
+    feed = Feed(100)
+    batches = _batches(20, 5)
+    for batch in batches:
+        stats.produced += batch.count
+        await feed.put(batch)
+    feed.close()
+    stream = Stream(0, "127.0.0.1", port, "slow", feed, stats, max_tries=3, ping_interval=0.02,
+                    backoff=Backoff(base=0.001, cap=0.01))
+    task = asyncio.ensure_future(stream.run())
+    await asyncio.sleep(0.5)  # 8 silence timeouts
+    assert server.connections == 1
+    assert len(server.seen) == 7  # max_inflight - 1
+    assert server.pings > 5
+    server.release()
+    await asyncio.wait_for(task, 10)
+    assert (stats.acked, stats.resent, server.connections) == (100, 0, 1)
+    assert Counter(b.payload for b in server.acked) == Counter(b.payload for b in batches)
 
 
 async def test_a_quiet_connection_is_kept_alive_with_pings(server: FakeServer) -> None:

@@ -239,7 +239,8 @@ async def test_generated_records_reach_the_queue_exactly_once_with_properties(
         assert props.delivery_mode == 2
         assert headers["kind"] == KIND
         assert headers["count"] == body_count
-        assert headers["client_id"] in {f"{instance}-{i}" for i in range(3)}
+        # <instance>-<run token>-<connection>.<session>
+        assert re.fullmatch(rf"{re.escape(instance)}-[0-9a-f]{{6}}-[0-2]\.1", headers["client_id"])
         assert headers["server_id"] == "server-0"
         assert isinstance(headers["received_at"], int)
         assert props.message_id == f"{headers['client_id']}:{headers['seq']}"
@@ -295,6 +296,45 @@ async def test_rabbitmq_stopped_and_started_mid_stream(
     received = records_of(await drain(private_rabbitmq.url, Topology(namespace).raw_queue(KIND)))
     expected = regenerate(seed, instance, 100, count)
     assert {r["id"] for r in received} == {r["id"] for r in expected}  # at least once
+    assert by_id(received) == by_id(expected)
+
+
+async def test_an_outage_does_not_use_up_max_tries_and_message_ids_never_repeat(
+    private_rabbitmq: PrivateBroker, servers: Servers,
+) -> None:
+    # `unavailable` nacks and reconnects are transient: even --max-tries 1 rides out a
+    # RabbitMQ restart (--give-up-after bounds the wait). Every reconnect says hello with a
+    # new client id, so no AMQP message_id names two different batches.
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+    server = await servers.start(private_rabbitmq.url, namespace)
+    count, seed, instance = 20_000, 78, "itest-max-tries"
+    client = await start_client(
+        "--target", server.target, "--count", str(count), "--rate", "4000", "--seed", str(seed),
+        "--instance-id", instance, "--batch-size", "200", "--max-tries", "1",
+        "--give-up-after", "120",
+    )
+
+    async def acked_some() -> bool:
+        return (await server.metrics()).get("sluice_server_acks_total", 0) > 0
+
+    await until(acked_some, "the first acks")
+    await asyncio.to_thread(private_rabbitmq.stop_app)
+    await asyncio.sleep(2.0)  # let the client hit the outage (not a timing assertion)
+    await asyncio.to_thread(private_rabbitmq.start_app)
+    code, summary, err = await finish_client(client)
+    assert code == 0, err[-3000:]
+    assert summary["acked"] == count
+    assert summary["nacked"] + summary["resent"] > 0, "the outage never reached the client"
+
+    messages = await drain(private_rabbitmq.url, Topology(namespace).raw_queue(KIND))
+    bodies: dict[str, bytes] = {}
+    for message in messages:
+        message_id = message.header.properties.message_id
+        assert message_id is not None
+        assert bodies.setdefault(message_id, message.body) == message.body, message_id
+    received = records_of(messages)
+    expected = regenerate(seed, instance, 100, count)
+    assert {r["id"] for r in received} == {r["id"] for r in expected}
     assert by_id(received) == by_id(expected)
 
 

@@ -142,18 +142,18 @@ def private_rabbitmq() -> Iterator[PrivateBroker]:
         "RABBITMQ_ENABLED_PLUGINS_FILE": plugins,
         "RABBITMQ_PID_FILE": os.path.join(base, "pid"),
     })
-    subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60)
     broker = PrivateBroker(node=node, port=port, env=env, base=base)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            broker.ctl("await_startup", timeout=60)
-            break
-        except subprocess.SubprocessError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
     try:
+        subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                broker.ctl("await_startup", timeout=60)
+                break
+            except subprocess.SubprocessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
         yield broker
     finally:
         with contextlib.suppress(subprocess.SubprocessError):

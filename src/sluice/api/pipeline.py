@@ -18,7 +18,7 @@ from typing import Any, Optional
 import aiormq
 
 from ..logs import RateLimitedLog, get_logger
-from ..settings import _mask_url
+from ..settings import mask_url
 
 __all__ = ["QueueInspector", "QueueState"]
 
@@ -68,7 +68,7 @@ class QueueInspector:
             except Exception as exc:
                 self._failed_at = time.monotonic()
                 self.error = f"cannot connect to RabbitMQ: {type(exc).__name__}"
-                self._warn.warning("connect", "broker_unreachable", url=_mask_url(self._url),
+                self._warn.warning("connect", "broker_unreachable", url=mask_url(self._url),
                                    error=repr(exc))
                 raise ConnectionError(self.error) from exc
             self._connection = conn

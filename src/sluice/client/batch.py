@@ -20,17 +20,20 @@ _U32 = struct.Struct(">I")
 class OutBatch:
     """A batch and its delivery state (slots: thousands of these live at once)."""
 
-    __slots__ = ("count", "kind", "payload", "sent_at", "tries")
+    __slots__ = ("count", "first_sent", "kind", "payload", "refusals", "sent_at", "tries")
 
     def __init__(self, kind: str, count: int, payload: bytes) -> None:
         self.kind = kind
         self.count = count
         self.payload = payload
-        self.tries = 0
-        self.sent_at = 0.0
+        self.tries = 0           # times sent
+        self.refusals = 0        # nacks that count against --max-tries (not `unavailable`)
+        self.sent_at = 0.0       # monotonic time of the latest send
+        self.first_sent = 0.0    # monotonic time of the first send (0.0: never sent)
 
     def __repr__(self) -> str:
-        return f"OutBatch(kind={self.kind!r}, count={self.count}, bytes={len(self.payload)}, tries={self.tries})"
+        return (f"OutBatch(kind={self.kind!r}, count={self.count}, bytes={len(self.payload)}, "
+                f"tries={self.tries}, refusals={self.refusals})")
 
 
 def array_header(count: int) -> bytes:

@@ -22,7 +22,8 @@ HELP = (
     "with --file PATH (or - for stdin) it sends NDJSON records, one per line, skipping and "
     "reporting invalid lines. Every batch is kept until acked and resent after a nack or a "
     "broken connection. Exit status: 0 all acked, 1 some record not acked, 3 all valid "
-    "records acked but some input lines were invalid."
+    "records acked but some input lines were invalid, 4 the input could not be read to its "
+    "end (source_error in the summary)."
 )
 
 log = get_logger(__name__)
@@ -53,8 +54,13 @@ class ClientSettings(CommonSettings):
     file: str = option("", "send NDJSON records from PATH, or - for stdin, instead of generating",
                        metavar="PATH")
     kind: str = option(MEASUREMENT_KIND, "record kind (routing key raw.<kind>)")
-    max_tries: int = option(20, "sends of one batch (and connection attempts in a row without "
-                                "an ack) before giving it up as failed")
+    max_tries: int = option(20, "nacks of one batch with a lasting cause (refused; unroutable "
+                                "gives up after 3 at most) before giving it up as failed; "
+                                "transient failures do not count: see --give-up-after")
+    give_up_after: float = option(600.0, "seconds to keep retrying through transient failures "
+                                         "(RabbitMQ unavailable, connections broken or refused, "
+                                         "server unreachable or silent), counted from a batch's "
+                                         "first send, before giving it up as failed; 0 = never")
     drain_timeout: float = option(30.0, "on SIGINT/SIGTERM, seconds to wait for acks still owed")
     json: bool = option(False, "print the final summary as one JSON object on stdout")
 
@@ -64,7 +70,7 @@ class ClientSettings(CommonSettings):
         for name in ("connections", "batch_size", "sensors", "max_tries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        for name in ("linger_ms", "rate", "duration", "count", "drain_timeout"):
+        for name in ("linger_ms", "rate", "duration", "count", "drain_timeout", "give_up_after"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if not KIND_PATTERN.fullmatch(self.kind):

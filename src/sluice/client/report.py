@@ -14,12 +14,13 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from typing import Any, Optional, TextIO
 
 __all__ = [
     "EXIT_INVALID_INPUT",
     "EXIT_NOT_ACKED",
     "EXIT_OK",
+    "EXIT_SOURCE_ERROR",
     "Stats",
     "Summary",
     "exit_status",
@@ -33,6 +34,8 @@ EXIT_OK = 0
 EXIT_NOT_ACKED = 1
 #: every valid record was acked, but some input lines were rejected and not sent
 EXIT_INVALID_INPUT = 3
+#: the input source failed (an unreadable file, a read error): the input was not all sent
+EXIT_SOURCE_ERROR = 4
 
 #: line numbers of rejected input kept for the summary (the log has every one)
 MAX_INVALID_LINES = 100
@@ -54,6 +57,7 @@ class Stats:
         self.invalid = 0   # input lines rejected in file mode
         self.invalid_lines: list[int] = []
         self.reconnects = 0
+        self.source_error: Optional[str] = None  # why the source stopped before its input ended
         # seconds from a batch's last send to its ack; the most recent ones, so that a client
         # streaming for days does not grow without bound
         self.latencies: deque[float] = deque(maxlen=MAX_LATENCIES)
@@ -92,11 +96,12 @@ class Summary:
     ack_latency_p50_ms: float
     ack_latency_p99_ms: float
     reconnects: int
-    seed: int | None = None
+    seed: Optional[int] = None
     invalid_lines: list[int] = field(default_factory=list)
+    source_error: Optional[str] = None
 
     @classmethod
-    def of(cls, stats: Stats, target: str, connections: int, seed: int | None) -> Summary:
+    def of(cls, stats: Stats, target: str, connections: int, seed: Optional[int]) -> Summary:
         elapsed = stats.elapsed()
         return cls(
             target=target, connections=connections, produced=stats.produced, sent=stats.sent,
@@ -108,6 +113,7 @@ class Summary:
             ack_latency_p50_ms=round(percentile(stats.latencies, 0.50) * 1000, 3),
             ack_latency_p99_ms=round(percentile(stats.latencies, 0.99) * 1000, 3),
             reconnects=stats.reconnects, seed=seed, invalid_lines=list(stats.invalid_lines),
+            source_error=stats.source_error,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +124,8 @@ class Summary:
 
 
 def exit_status(summary: Summary) -> int:
+    if summary.source_error is not None:
+        return EXIT_SOURCE_ERROR
     if summary.failed > 0:
         return EXIT_NOT_ACKED
     if summary.invalid > 0:
@@ -143,6 +151,8 @@ def render_text(summary: Summary) -> str:
         lines.append(f"invalid lines {summary.invalid} (not sent): {shown}{more}")
     if summary.seed is not None:
         lines.append(f"seed          {summary.seed}")
+    if summary.source_error is not None:
+        lines.append(f"source error  {summary.source_error} (input not read to its end)")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import time
+from typing import Optional
 
 from ..errors import ConfigError
 from ..lifecycle import TaskOwner, stop_on_signals
@@ -22,14 +23,20 @@ __all__ = ["build_source", "run"]
 log = get_logger(__name__)
 
 
-def build_source(settings: ClientSettings, stats: Stats) -> tuple[Source, int | None]:
-    """The configured source and, in generator mode, its seed."""
+def build_source(settings: ClientSettings, stats: Stats) -> tuple[Source, Optional[int]]:
+    """The configured source and, in generator mode, its seed. A file is opened here, so a
+    bad path or an unreadable file fails at once (ConfigError), not after connecting."""
     linger = settings.linger_ms / 1000.0
     if settings.file:
-        if settings.file != "-" and not os.path.isfile(settings.file):
-            raise ConfigError(f"--file {settings.file!r} is not a readable file")
-        return FileSource(settings.file, stats, batch_size=settings.batch_size, linger=linger,
-                          kind=settings.kind), None
+        source = FileSource(settings.file, stats, batch_size=settings.batch_size, linger=linger,
+                            kind=settings.kind)
+        if settings.file != "-" and os.path.isdir(settings.file):
+            raise ConfigError(f"--file {settings.file!r} is a directory, not a file")
+        try:
+            source.open()
+        except OSError as exc:
+            raise ConfigError(f"--file {settings.file!r} cannot be read: {exc.strerror or exc}") from exc
+        return source, None
     seed = settings.seed if settings.seed is not None else random_seed()
     generator = MeasurementGenerator(seed, settings.instance_id, settings.sensors)
     return GeneratorSource(
@@ -38,15 +45,19 @@ def build_source(settings: ClientSettings, stats: Stats) -> tuple[Source, int | 
     ), seed
 
 
-async def _produce(source: Source, feed: Feed, stop: asyncio.Event) -> None:
+async def _produce(source: Source, feed: Feed, stop: asyncio.Event, stats: Stats) -> None:
     try:
         await source.run(feed, stop)
+    except Exception as exc:
+        # The streams still send what was read; the summary and exit status say the rest was not.
+        stats.source_error = f"{type(exc).__name__}: {exc}"
+        log.error("source_failed", error=repr(exc), produced_records=stats.produced)
     finally:
         feed.close()
 
 
-async def run(settings: ClientSettings, *, stop: asyncio.Event | None = None,
-              progress: bool | None = None) -> Summary:
+async def run(settings: ClientSettings, *, stop: Optional[asyncio.Event] = None,
+              progress: Optional[bool] = None) -> Summary:
     """Stream until the input ends (or ``stop`` is set) and return the summary."""
     stats = Stats()
     source, seed = build_source(settings, stats)
@@ -55,15 +66,19 @@ async def run(settings: ClientSettings, *, stop: asyncio.Event | None = None,
     feed = Feed(maxsize=4 * settings.connections)
     stop = stop or asyncio.Event()
     remove_handlers = stop_on_signals(stop)
-    client_prefix = settings.instance_id[:120]
+    # Each stream's hello adds ".<session>"; the run token keeps a rerun with the same
+    # --instance-id from repeating message ids (<client_id>:<seq>) of an earlier run.
+    instance = settings.instance_id.encode("utf-8")[:96].decode("utf-8", errors="ignore")
+    token = os.urandom(3).hex()
     streams = [
-        Stream(i, host, port, f"{client_prefix}-{i}", feed, stats, max_tries=settings.max_tries)
+        Stream(i, host, port, f"{instance}-{token}-{i}", feed, stats, max_tries=settings.max_tries,
+               give_up_after=settings.give_up_after)
         for i in range(settings.connections)
     ]
     owner = TaskOwner("client")
     try:
         stats.started = time.monotonic()
-        producer = owner.spawn(_produce(source, feed, stop), name="client-source")
+        producer = owner.spawn(_produce(source, feed, stop, stats), name="client-source")
         running = {owner.spawn(s.run(), name=f"client-stream-{s.index}") for s in streams}
         if progress if progress is not None else sys.stderr.isatty():
             owner.spawn(progress_loop(stats), name="client-progress")

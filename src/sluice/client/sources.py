@@ -22,13 +22,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Optional, Protocol
 
 import msgpack
 import orjson
 
 from ..errors import RecordError
 from ..logs import RateLimitedLog, get_logger
+from ..protocol import DEFAULT_MAX_FRAME
 from ..records import MEASUREMENT_KIND, validate_measurement
 from .batch import OutBatch, array_header
 from .feed import Feed
@@ -82,9 +83,10 @@ class MeasurementGenerator:
     For a given ``seed``, ``instance`` and ``sensors``, record number *k* (counting from 0
     across every batch) is always the same apart from ``ts``: sensor ``k % sensors``, value
     from the k-th draw of ``random.Random(seed)``, and id ``<prefix><k as 12 hex digits>``.
-    The prefix (the first 80 bits of a version-4 UUID) is a hash of a draw from the seeded
-    generator and the instance id, so two clients never make the same ids, even with the
-    same seed, while one client reruns identically.
+    The prefix (the first 20 hex digits of a version-4 UUID: 80 bits, of which 74 vary,
+    since the version and variant fix 6) is a hash of a draw from the seeded generator and
+    the instance id, so two clients practically never make the same ids, even with the same
+    seed, while one client reruns identically.
     """
 
     def __init__(self, seed: int, instance: str, sensors: int) -> None:
@@ -270,22 +272,36 @@ class _ChunkReader:
 
 class FileSource:
     """NDJSON from a file or ``-`` (stdin): each line is validated; bad lines are logged
-    with their line numbers, counted, and not sent. Blank lines are skipped."""
+    with their line numbers, counted, and not sent. Blank lines are skipped. A line longer
+    than ``max_line`` bytes (by default the largest frame, so it could never be sent) is
+    rejected as ``line_too_long`` without being held: the rest of it is skipped up to the
+    next newline, so memory stays bounded whatever the input."""
 
     def __init__(self, path: str, stats: Stats, *, batch_size: int, linger: float,
-                 kind: str = MEASUREMENT_KIND) -> None:
+                 kind: str = MEASUREMENT_KIND, max_line: int = DEFAULT_MAX_FRAME) -> None:
         self._path = path
         self._stats = stats
         self._batch_size = batch_size
         self._linger = linger
         self._kind = kind
+        self._max_line = max_line
         self._rejects = RateLimitedLog(log, interval=1.0)
+        self._opened: Optional[tuple[BinaryIO, bool]] = None
+
+    def open(self) -> None:
+        """Open the input now, so a bad path fails up front (raises OSError)."""
+        if self._opened is None:
+            if self._path == "-":
+                self._opened = (sys.stdin.buffer, False)
+            else:
+                # The reader thread closes the file when it is done with it.
+                self._opened = (open(self._path, "rb"), True)  # noqa: SIM115
 
     def _open(self) -> tuple[BinaryIO, bool]:
-        if self._path == "-":
-            return sys.stdin.buffer, False
-        # The reader thread closes the file when it is done with it.
-        return open(self._path, "rb"), True
+        self.open()
+        assert self._opened is not None
+        opened, self._opened = self._opened, None
+        return opened
 
     async def _flush(self, feed: Feed, records: list[dict[str, Any]]) -> None:
         payload = msgpack.packb(records, use_bin_type=True)
@@ -295,23 +311,29 @@ class FileSource:
     def _take(self, lineno: int, raw: bytes, into: list[dict[str, Any]]) -> None:
         if not raw.strip():
             return
+        if len(raw) > self._max_line:
+            self._reject(lineno, "line_too_long", f"longer than {self._max_line} bytes")
+            return
         try:
             into.append(parse_line(raw, self._kind))
         except RecordError as exc:
-            self._stats.reject_line(lineno)
-            # The first hundred are each logged; past that, a flood is summarized.
-            if self._stats.invalid <= 100:
-                log.warning("invalid_line", line=lineno, reason=exc.reason, error=exc.message)
-            else:
-                self._rejects.warning("invalid", "invalid_line", line=lineno, reason=exc.reason,
-                                      error=exc.message)
+            self._reject(lineno, exc.reason, exc.message)
+
+    def _reject(self, lineno: int, reason: str, message: str) -> None:
+        self._stats.reject_line(lineno)
+        # The first hundred are each logged; past that, a flood is summarized.
+        if self._stats.invalid <= 100:
+            log.warning("invalid_line", line=lineno, reason=reason, error=message)
+        else:
+            self._rejects.warning("invalid", "invalid_line", line=lineno, reason=reason, error=message)
 
     async def run(self, feed: Feed, stop: asyncio.Event) -> None:
         stream, close = self._open()
         reader = _ChunkReader(stream, close)
         pending: list[dict[str, Any]] = []
         first_at = 0.0
-        tail = b""
+        tail = bytearray()  # the start of a line whose newline has not come yet
+        skipping = False    # inside a line already rejected as too long
         lineno = 0
         try:
             while not stop.is_set():
@@ -323,8 +345,29 @@ class FileSource:
                     await self._flush(feed, pending)
                     pending = []
                     continue
-                lines = (tail + chunk).split(b"\n") if chunk else [tail]
-                tail = lines.pop() if chunk else b""
+                if skipping:
+                    newline = chunk.find(b"\n")
+                    if newline < 0 and chunk:
+                        continue
+                    skipping = False
+                    lineno += 1  # the long line ends here (or at the end of input)
+                    chunk = chunk[newline + 1:] if newline >= 0 else chunk
+                    if newline >= 0 and not chunk:
+                        continue
+                if not chunk:  # end of input
+                    lines = [bytes(tail)] if tail else []
+                else:
+                    last = chunk.rfind(b"\n")
+                    if last < 0:
+                        tail += chunk
+                        if len(tail) > self._max_line:
+                            self._reject(lineno + 1, "line_too_long", f"longer than {self._max_line} bytes")
+                            tail = bytearray()
+                            skipping = True
+                        continue
+                    # Each byte is copied a bounded number of times: no quadratic rejoining.
+                    lines = (bytes(tail) + chunk[:last]).split(b"\n") if tail else chunk[:last].split(b"\n")
+                    tail = bytearray(chunk[last + 1:])
                 for raw in lines:
                     lineno += 1
                     was_empty = not pending
