@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
@@ -24,6 +25,9 @@ from .settings import mask_url
 __all__ = ["BrokerLink"]
 
 log = get_logger(__name__)
+
+#: seconds a link must stay up before a later loss starts backing off from scratch
+STABLE_AFTER = 5.0
 
 Setup = Callable[[Any], Awaitable[None]]
 OnLost = Callable[[BaseException], None]
@@ -96,7 +100,7 @@ class BrokerLink:
                 await asyncio.sleep(delay)
                 continue
             self.connects += 1
-            self._backoff.reset()
+            up_since = time.monotonic()
             self._up.set()
             log.info("broker_connected", link=self._name, url=mask_url(self._url))
             assert self._connection is not None and self._channel is not None
@@ -108,6 +112,10 @@ class BrokerLink:
             )
             reason = self._close_reason()
             self._up.clear()
+            # Only a link that stayed up a while resets the backoff: a channel that the
+            # broker closes right after setup must not turn into a reconnect storm.
+            if time.monotonic() - up_since >= STABLE_AFTER:
+                self._backoff.reset()
             log.warning("broker_link_lost", link=self._name, error=repr(reason))
             self._notify_lost(reason)
             await self._drop()

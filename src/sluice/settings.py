@@ -81,6 +81,15 @@ class BrokerSettings(CommonSettings):
         "sluice", "prefix of every exchange and queue name (exchange <namespace>.ingest)"
     )
     http_port: int = option(8080, "HTTP port for /healthz, /readyz and /metrics (0 = any free port, -1 = off)")
+    delivery_limit: int = option(
+        20, "deliveries of one raw message before RabbitMQ dead-letters it; servers and "
+        "parsers must agree, since it is part of the queue declaration"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.delivery_limit < 1:
+            raise ConfigError("delivery_limit must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,11 @@ __all__ = ["Topology"]
 @dataclass(frozen=True)
 class Topology:
     namespace: str = "sluice"
-    #: deliveries of one message before RabbitMQ dead-letters it (crash loops, requeues)
-    delivery_limit: int = 5
+    #: deliveries of one message before RabbitMQ dead-letters it. It exists to stop a
+    #: message that crashes parsers from looping forever; poison bodies and bad records
+    #: are dead-lettered by the parser itself, so the limit is set high enough that
+    #: restarts and broker reconnects during a long store outage do not reach it.
+    delivery_limit: int = 20
 
     @property
     def exchange(self) -> str:

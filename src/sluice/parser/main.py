@@ -195,7 +195,7 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
         request_timeout=settings.es_timeout, serializers=_fast_serializers(),
     )
     probe = StoreProbe(client, metrics)
-    topology = Topology(settings.namespace)
+    topology = Topology(settings.namespace, delivery_limit=settings.delivery_limit)
     events = DeadLetterEvents(
         client, settings.index_prefix, metrics,
         parsers={kind: ",".join(chain.names) for kind, chain in chains.items()},

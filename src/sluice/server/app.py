@@ -39,7 +39,7 @@ class IngestServer:
     def __init__(self, settings: ServerSettings, registry: Optional[Registry] = None) -> None:
         self.settings = settings
         self.registry = registry or Registry("sluice_server")
-        self.topology = Topology(namespace=settings.namespace)
+        self.topology = Topology(namespace=settings.namespace, delivery_limit=settings.delivery_limit)
         self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._tasks = TaskOwner("server")
         self.link = BrokerLink(settings.amqp_url, setup=self._declare, on_lost=self._link_lost,
