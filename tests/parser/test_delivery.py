@@ -56,9 +56,37 @@ def test_rejected_records_become_dead_letters_and_the_rest_go_on() -> None:
 
 
 def test_a_document_without_an_id_is_rejected() -> None:
-    delivery = decoder().decode("other", message(msgpack.packb([{"sensor": "x"}, {"id": "o1"}])))
+    delivery = decoder().decode(
+        "other", message(msgpack.packb([{"sensor": "x", "ts": 1}, {"id": "o1", "ts": 1}]))
+    )
     assert [letter.reason for letter in delivery.letters] == ["missing_id"]
     assert delivery.positions == [1]
+
+
+def test_the_index_comes_from_ts_never_from_the_clock() -> None:
+    ts = 1_700_000_000_000
+    records = [
+        {"id": "no-ts"}, {"id": "str-ts", "ts": "1700000000000"}, {"id": "frac", "ts": 1.5},
+        {"id": "bool", "ts": True}, {"id": "whole-float", "ts": float(ts)},
+        {"id": "int", "ts": ts},
+    ]
+    delivery = decoder().decode("other", message(msgpack.packb(records)))
+    assert [(letter.record_id, letter.reason) for letter in delivery.letters] == [
+        ("no-ts", "missing_ts"), ("str-ts", "bad_ts"), ("frac", "bad_ts"), ("bool", "bad_ts"),
+    ]
+    assert delivery.positions == [4, 5]
+    for action in delivery.actions:
+        head, source, _ = action.split(b"\n")
+        assert orjson.loads(head)["create"]["_index"] == index_name("px", "other", ts)
+        assert orjson.loads(source)["ts"] == ts
+
+
+def test_an_id_over_512_bytes_is_dead_lettered() -> None:
+    fits, too_long = "é" * 256, "é" * 257  # 512 and 514 bytes of UTF-8
+    records = [{"id": fits, "ts": 1}, {"id": too_long, "ts": 1}, {"id": "x" * 600, "ts": 1}]
+    delivery = decoder().decode("other", message(msgpack.packb(records)))
+    assert [letter.reason for letter in delivery.letters] == ["id_too_long", "id_too_long"]
+    assert delivery.positions == [0]
 
 
 def test_poison_bodies_are_dead_lettered_whole() -> None:

@@ -35,6 +35,12 @@ class ScriptedEs:
         ids = [json.loads(line)["create"]["_id"] for line in lines[::2]]
         self.requests.append(ids)
         step = self.script.pop(0) if self.script else [201] * len(ids)
+        if step == "html":  # a proxy answering for Elasticsearch
+            return web.Response(text="<html>maintenance</html>", content_type="text/html",
+                                headers=_PRODUCT)
+        if step == "no-status":
+            return web.json_response({"errors": True, "items": [{"create": {}}] * len(ids)},
+                                     headers=_PRODUCT)
         if isinstance(step, int):
             return web.json_response({"error": "scripted", "status": step}, status=step,
                                      headers=_PRODUCT)
@@ -165,3 +171,39 @@ def test_encode_create_is_two_ndjson_lines() -> None:
     assert orjson.loads(source) == {"a": 1}
     assert rest == b""
 
+
+
+async def test_a_request_refused_whole_is_split_down_to_the_refused_action(
+    scripted: ScriptedEs,
+) -> None:
+    scripted.script = [400, 413, [201], 400, [201, 201]]
+    states: list[bool] = []
+    client = make_client(scripted.url, max_retries=0)
+    try:
+        indexer = BulkIndexer(client, ParserMetrics(), retry_cap=0.1,
+                              on_store_state=states.append)
+        outcome = await indexer.index(actions(["a", "b", "c", "d"]))
+    finally:
+        await client.close()
+    assert scripted.requests == [["a", "b", "c", "d"], ["a", "b"], ["a"], ["b"], ["c", "d"]]
+    assert (outcome.indexed, outcome.duplicates) == (3, 0)
+    assert [(r.position, r.status, r.reason) for r in outcome.refused] == [(1, 400, "es_400")]
+    # A refused request does not say the store is up (nor down).
+    assert states == [True, True]
+
+
+async def test_auth_errors_and_non_bulk_answers_are_retried_with_the_store_down(
+    scripted: ScriptedEs,
+) -> None:
+    scripted.script = [401, "html", "no-status", [201, 201]]
+    states: list[bool] = []
+    client = make_client(scripted.url, max_retries=0)
+    try:
+        indexer = BulkIndexer(client, ParserMetrics(), retry_cap=0.05,
+                              on_store_state=states.append)
+        outcome = await indexer.index(actions(["a", "b"]))
+    finally:
+        await client.close()
+    assert (outcome.indexed, outcome.refused, outcome.attempts) == (2, [], 4)
+    assert scripted.requests == [["a", "b"]] * 4
+    assert states[:2] == [False, False] and states[-1] is True

@@ -10,13 +10,19 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import msgpack
 import pytest
 
+from sluice.errors import StoreUnavailable
+from sluice.parser.delivery import Delivery
+from sluice.parser.indexer import BulkOutcome
+from sluice.parser.stats import ParserMetrics
+from sluice.parser.worker import Worker
 from sluice.topology import Topology
 from tests.support.elasticsearch import EsOutage
 from tests.support.rabbitmq import PrivateBroker
@@ -354,6 +360,8 @@ async def test_sigterm_mid_stream_loses_nothing(
             await pub.publish("measurement", group)
     assert first.wait(60) == 0, first.log()
     assert "parser_stopped" in first.log()
+    # The drain finished and acked what it indexed: nothing it stored comes back.
+    assert '"drained": true' in first.log(), first.log()
     # Whatever it did not finish is still queued: a new parser completes the set.
     second = parsers()
     await second.wait_ready()
@@ -364,6 +372,8 @@ async def test_sigterm_mid_stream_loses_nothing(
 
     await wait_until(all_stored, 120, "every record to be indexed")
     assert_stored_exactly(await es_fetch_all(pattern(es_index_prefix)), records, es_index_prefix)
+    # A drain that indexed without acking would hand those records to the second parser.
+    assert await second.metric("records_duplicate_total") == 0
 
 
 def test_an_unknown_parser_name_stops_startup_with_the_known_names() -> None:
@@ -416,3 +426,100 @@ async def test_a_broker_restart_mid_stream_loses_and_doubles_nothing(
 
 async def _queue_empty(url: str, namespace: str) -> bool:
     return await queue_depth(url, Topology(namespace).raw_queue("measurement")) == 0
+
+
+async def test_a_broker_nacking_a_dead_letter_requeues_the_source_message(
+    tmp_path: Path, private_rabbitmq: PrivateBroker, es_url: str, es_index_prefix: str,
+) -> None:
+    """aiormq raises DeliveryError for a Basic.Nack: the source message must be nacked with
+    requeue, not left unanswered on an open channel (a prefetch slot lost for good)."""
+    url, namespace = private_rabbitmq.url, "dlnack"
+    await asyncio.to_thread(
+        private_rabbitmq.ctl, "set_policy", "--apply-to", "queues", "dead-full",
+        rf"^{namespace}\.dead\.", '{"max-length": 0, "overflow": "reject-publish"}',
+    )
+    bad = make_records(1)[0] | {"value": "hot"}
+    parser = start_parser(tmp_path, amqp_url=url, namespace=namespace, es_url=es_url,
+                          index_prefix=es_index_prefix, args=SMALL_BULKS)
+    try:
+        await parser.wait_ready()
+        async with Publisher(url, namespace) as pub:
+            # A quorum queue rejects publishes once it is over its limit: fill it first.
+            assert pub._channel is not None
+            await pub._channel.basic_publish(
+                b"filler", exchange=pub.topology.dead_exchange,
+                routing_key=pub.topology.dead_routing_key("measurement"),
+            )
+            await pub.publish("measurement", [bad], message_id="bad-1")
+
+        async def requeued() -> bool:
+            parser.assert_running()
+            return await parser.metric("messages_requeued_total") >= 2
+
+        try:
+            await wait_until(requeued, 30, "the source message to be requeued")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; log:\n{parser.log()}") from None
+        assert await parser.metric("messages_acked_total") == 0
+        assert "dead_letter_rejected" in parser.log()
+        assert "delivery_abandoned" not in parser.log()
+    finally:
+        parser.stop()
+
+
+class _Channel:
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.acked: list[int] = []
+        self.nacked: list[int] = []
+
+    async def basic_ack(self, tag: int) -> None:
+        self.acked.append(tag)
+
+    async def basic_nack(self, tag: int, requeue: bool = True) -> None:
+        assert requeue
+        self.nacked.append(tag)
+
+
+class _Indexer:
+    """Fails as scripted, then indexes everything."""
+
+    def __init__(self, failures: Sequence[BaseException]) -> None:
+        self.failures = list(failures)
+
+    async def index(self, actions: Sequence[bytes]) -> BulkOutcome:
+        if self.failures:
+            raise self.failures.pop(0)
+        return BulkOutcome(indexed=len(actions))
+
+
+def _delivery(channel: _Channel, tag: int) -> Delivery:
+    return Delivery("measurement", channel, tag, f"m-{tag}", b"", 1,  # type: ignore[arg-type]
+                    [b"action"], [0])
+
+
+async def test_an_unexpected_error_in_a_bulk_requeues_its_batch_and_the_flusher_goes_on() -> None:
+    channel = _Channel()
+    worker = Worker(
+        amqp_url="amqp://guest:guest@127.0.0.1:1/", topology=Topology("unit"),
+        kinds=["measurement"], decoder=SimpleNamespace(),  # type: ignore[arg-type]
+        indexer=_Indexer([AttributeError("'str' object has no attribute 'get'"),
+                          StoreUnavailable("given up")]),  # type: ignore[arg-type]
+        dead_letters=SimpleNamespace(),  # type: ignore[arg-type]
+        metrics=ParserMetrics(),
+    )
+    for batch in ([_delivery(channel, 1)], [_delivery(channel, 2)]):
+        worker._sealed.put_nowait(batch)
+    worker._sealed.put_nowait(None)
+    worker._dead = SimpleNamespace(publish=_no_letters)  # type: ignore[assignment]
+    await asyncio.wait_for(worker._flush_loop(), 10)
+    assert (channel.nacked, channel.acked) == ([1, 2], [])
+    # The same flusher then handles the next batch normally.
+    worker._sealed.put_nowait([_delivery(channel, 3)])
+    worker._sealed.put_nowait(None)
+    await asyncio.wait_for(worker._flush_loop(), 10)
+    assert channel.acked == [3]
+
+
+async def _no_letters(*args: Any) -> None:
+    return None

@@ -15,6 +15,8 @@ Headers say why: ``x-sluice-reason`` (a short slug, also the metrics label),
 Every publish is confirmed by RabbitMQ before the source message is acked, on the very
 channel the source message came in on: if that channel dies in between, RabbitMQ gives
 the message to another consumer, so a record can be dead-lettered twice but never lost.
+A nacked dead letter (``PublishRejected``) makes the worker nack the source message with
+requeue; so does a publish that failed while the channel stayed open.
 
 Once confirmed, each letter is also counted as a small event document in Elasticsearch
 (``deadevents.py``); that copy is best-effort, the RabbitMQ dead letter is authoritative.
@@ -124,6 +126,12 @@ class DeadLetterPublisher:
             )
         except aiormq.exceptions.PublishError as exc:
             raise PublishRejected("unroutable", f"dead letter for {kind!r} unroutable") from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            # aiormq 6.9 and 7.x raise this for a Basic.Nack (queue full with
+            # reject-publish, a queue that is down, ...) instead of returning the frame.
+            raise PublishRejected(
+                "refused", f"RabbitMQ nacked a dead letter for {kind!r}"
+            ) from exc
         except asyncio.CancelledError:
             # aiormq may cancel a pending confirm when the channel closes; that is a lost
             # link, unless this task itself is being cancelled.

@@ -8,7 +8,6 @@ just these actions concatenated.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
@@ -27,6 +26,20 @@ __all__ = ["Chain", "Delivery", "MessageDecoder"]
 _MS_PER_DAY = 86_400_000
 # Distinct days seen before the action-prefix cache is cleared (backfills span many).
 _DAY_CACHE_LIMIT = 4096
+
+
+# Elasticsearch refuses an _id over 512 bytes; under 128 characters it cannot be.
+_MAX_ID_BYTES = 512
+_MAX_ID_CHARS = _MAX_ID_BYTES // 4
+
+
+def _whole_ms(ts: Any) -> int:
+    """``ts`` as integer epoch milliseconds: a float only when it is a whole number."""
+    if ts is None:
+        raise RecordError("missing_ts", "the document has no ts (epoch milliseconds)")
+    if type(ts) is float and ts.is_integer():
+        return int(ts)
+    raise RecordError("bad_ts", f"ts must be integer epoch milliseconds, not {ts!r:.100}")
 
 
 class Chain(Protocol):
@@ -58,6 +71,8 @@ class Delivery:
     #: index into ``records`` of each action
     positions: list[int] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
+    #: set once the message was acked or nacked (never answer a delivery twice)
+    settled: bool = False
     _records: Optional[list[Any]] = field(default=None, repr=False)
 
     def record(self, position: int) -> Any:
@@ -114,16 +129,23 @@ class MessageDecoder:
         prefixes = self._actions[kind]
         actions, positions, letters = delivery.actions, delivery.positions, delivery.letters
         dumps, join = orjson.dumps, b"".join
-        today = int(time.time() * 1000) // _MS_PER_DAY
         for i, record in enumerate(records):
             try:
                 doc = parse(record)
                 doc_id = doc.get("id")
                 if not isinstance(doc_id, str) or not doc_id:
                     raise RecordError("missing_id", "the document has no string id")
+                if len(doc_id) > _MAX_ID_CHARS and len(doc_id.encode("utf-8")) > _MAX_ID_BYTES:
+                    raise RecordError(
+                        "id_too_long", f"the id is over {_MAX_ID_BYTES} bytes of UTF-8"
+                    )
                 ts = doc.get("ts")
-                # Documents without an integer ts go to today's index.
-                day = ts // _MS_PER_DAY if type(ts) is int else today
+                # The index comes from the document's ts, never from the time it is
+                # processed: a redelivery on another day must meet the first copy's 409.
+                if type(ts) is not int:
+                    ts = _whole_ms(ts)
+                    doc["ts"] = ts
+                day = ts // _MS_PER_DAY
                 prefix = prefixes.get(day)
                 if prefix is None:
                     prefix = self._action_prefix(kind, day)

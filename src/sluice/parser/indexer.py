@@ -11,7 +11,10 @@ semantics on top of the raw call:
   record answers 409 and is never stored twice;
 - per-item results are read: 200/201 indexed, 409 a duplicate (success), 429 and 5xx
   retried, any other status a refusal that the caller dead-letters;
-- a failed request (429, 5xx, timeout, no connection) is retried whole.
+- a failed request (429, 5xx, timeout, no connection, 401/403/404, an answer that is not
+  a bulk answer) is retried whole;
+- a request refused whole for its content (400, 413, another 4xx) is split in halves sent
+  on their own, down to single actions, which are then refused with reason ``es_<status>``.
 
 Retries wait with exponential backoff and full jitter, so an outage costs a handful of
 requests, not a busy loop. The caller's AMQP messages stay unacked all the while: a
@@ -75,6 +78,11 @@ class BulkOutcome:
     attempts: int = 0
 
 
+# Whole-request answers that say nothing about the data: the wrong URL, credentials or
+# method. Retried (the store counts as down) instead of split into refusals.
+_UNAVAILABLE = frozenset({401, 403, 404, 405, 407, 408, 429})
+
+
 def _retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
@@ -121,14 +129,40 @@ class BulkIndexer:
 
     async def index(self, actions: Sequence[bytes]) -> BulkOutcome:
         """Index ``actions`` (from :func:`encode_create`); returns once every item is
-        indexed, a duplicate, or refused. Refusal positions index into ``actions``."""
+        indexed, a duplicate, or refused. Refusal positions index into ``actions``.
+
+        A request Elasticsearch refuses as a whole for its content (400, 413, other 4xx
+        but the ones in ``_UNAVAILABLE``) is split in halves that are sent on their own,
+        down to single actions, which are then refused with reason ``es_<status>``.
+        """
         outcome = BulkOutcome()
-        pending = list(range(len(actions)))
+        groups = [list(range(len(actions)))]
+        while groups:
+            halves = await self._index_group(actions, groups.pop(), outcome)
+            groups.extend(reversed(halves))  # the first half next
+        return outcome
+
+    async def _index_group(
+        self, actions: Sequence[bytes], pending: list[int], outcome: BulkOutcome
+    ) -> list[list[int]]:
+        """Retry ``pending`` until settled; the halves to send instead when refused whole."""
         backoff = self._backoff()
         retries = 0
         while pending:
             outcome.attempts += 1
             items = await self._attempt(actions, pending)
+            if isinstance(items, _Refused):
+                if len(pending) > 1:
+                    middle = len(pending) // 2
+                    self._rate_limited.warning(
+                        "bulk_split", "bulk_refused_split", status=items.status,
+                        items=len(pending), error=items.error,
+                    )
+                    return [pending[:middle], pending[middle:]]
+                outcome.refused.append(Refusal(
+                    pending[0], items.status, f"es_{items.status}", items.error[:2000]
+                ))
+                return []
             if items is None:
                 cause = "request"
             else:
@@ -143,12 +177,13 @@ class BulkIndexer:
                     f"{len(pending)} bulk item(s) still failing after {self._max_retries} retries"
                 )
             await asyncio.sleep(backoff.next_delay())
-        return outcome
+        return []
 
     async def _attempt(
         self, actions: Sequence[bytes], pending: Sequence[int]
-    ) -> list[Mapping[str, Any]] | None:
-        """One bulk request: its items, or None when the request failed as a whole."""
+    ) -> list[Mapping[str, Any]] | _Refused | None:
+        """One bulk request: its items; ``_Refused`` when Elasticsearch refused the request
+        for its content; None when it failed in a way that may pass."""
         whole = len(pending) == len(actions)
         body = b"".join(actions) if whole else b"".join([actions[i] for i in pending])
         started = time.perf_counter()
@@ -158,22 +193,30 @@ class BulkIndexer:
             response = await self._client.bulk(operations=cast(Any, body), filter_path=_FILTER)
         except (ApiError, TransportError) as exc:
             problem = store_error(exc, "bulk request failed")
-            self._on_store_state(not isinstance(problem, StoreUnavailable))
+            status = exc.meta.status if isinstance(exc, ApiError) else 0
+            if isinstance(status, int) and 400 <= status < 500 and status not in _UNAVAILABLE \
+                    and not isinstance(problem, StoreUnavailable):
+                # The store answered, but not "up" for this data: leave its state alone.
+                return _Refused(status, str(problem))
+            self._on_store_state(False)
             self._rate_limited.warning(
                 "bulk_failed", "bulk_failed", error=str(problem), items=len(pending)
             )
             return None
         finally:
             self._metrics.bulk_seconds.observe(time.perf_counter() - started)
-        self._on_store_state(True)
-        result: Mapping[str, Any] = response.body
-        items = result.get("items")
+        result = response.body
+        items = result.get("items") if isinstance(result, Mapping) else None
         if not isinstance(items, list) or len(items) != len(pending):
+            # 200 with something else than a bulk answer: a proxy's HTML page, a truncated
+            # body. Not Elasticsearch as we know it: retried, and the store is not up.
+            self._on_store_state(False)
             self._rate_limited.warning(
                 "bulk_items", "bulk_unexpected_response", sent=len(pending),
-                got=len(items) if isinstance(items, list) else None,
+                got=len(items) if isinstance(items, list) else type(result).__name__,
             )
             return None
+        self._on_store_state(True)
         if not result.get("errors"):
             # Fast path: every item succeeded, and a 409 would have set ``errors``.
             return []
@@ -190,9 +233,11 @@ class BulkIndexer:
         again: list[int] = []
         indexed = duplicates = 0
         for position, item in zip(pending, items):
-            result: Mapping[str, Any] = item.get("create") or next(iter(item.values()), {})
-            status = int(result.get("status", 0))
-            if status in _OK:
+            result = _item_result(item)
+            status = result.get("status") if result is not None else None
+            if result is None or type(status) is not int:
+                again.append(position)  # an answer of an unknown shape: try again
+            elif status in _OK:
                 indexed += 1
             elif status == _DUPLICATE:
                 duplicates += 1
@@ -207,3 +252,20 @@ class BulkIndexer:
         if again:
             self._rate_limited.warning("bulk_item_retry", "bulk_items_retried", items=len(again))
         return again
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """Elasticsearch refused a whole bulk request for what it holds (400, 413, ...)."""
+
+    status: int
+    error: str
+
+
+def _item_result(item: Any) -> Mapping[str, Any] | None:
+    if not isinstance(item, Mapping):
+        return None
+    result = item.get("create")
+    if result is None and item:
+        result = next(iter(item.values()))
+    return result if isinstance(result, Mapping) else None

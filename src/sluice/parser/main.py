@@ -64,6 +64,9 @@ class ParserSettings(BrokerSettings, StoreSettings):
         200, "unacked messages per queue: bounds memory and the work redone after a crash"
     )
     bulk_size: int = option(5000, "documents per bulk request")
+    bulk_max_bytes: int = option(
+        10 * 1024 * 1024, "a bulk request is sent once its actions reach this many bytes"
+    )
     bulk_linger_ms: int = option(50, "longest wait for a bulk to fill before it is sent")
     bulk_concurrency: int = option(2, "bulk requests in flight at once")
     max_retries: int = option(
@@ -93,7 +96,7 @@ class ParserSettings(BrokerSettings, StoreSettings):
             raise ConfigError(f"index_prefix: {exc}") from exc
         positive = {
             "prefetch": self.prefetch, "bulk_size": self.bulk_size,
-            "bulk_concurrency": self.bulk_concurrency,
+            "bulk_concurrency": self.bulk_concurrency, "bulk_max_bytes": self.bulk_max_bytes,
         }
         for name, value in positive.items():
             if value < 1:
@@ -217,6 +220,7 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
         bulk_size=settings.bulk_size,
         bulk_linger=settings.bulk_linger_ms / 1000,
         concurrency=settings.bulk_concurrency,
+        bulk_max_bytes=settings.bulk_max_bytes,
     )
     ops = OpsServer(
         metrics.registry,

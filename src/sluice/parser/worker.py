@@ -63,6 +63,7 @@ class Worker:
         bulk_size: int = 5000,
         bulk_linger: float = 0.05,
         concurrency: int = 2,
+        bulk_max_bytes: int = 10 * 1024 * 1024,
     ) -> None:
         self._topology = topology
         self._kinds = tuple(kinds)
@@ -73,6 +74,7 @@ class Worker:
         self._events = events
         self._prefetch = prefetch
         self._bulk_size = bulk_size
+        self._bulk_max_bytes = bulk_max_bytes
         self._linger = bulk_linger
         self._concurrency = concurrency
         self.link = BrokerLink(amqp_url, setup=self._setup, on_lost=self._on_lost, name="parser")
@@ -81,6 +83,7 @@ class Worker:
         self._sealed: asyncio.Queue[Optional[Batch]] = asyncio.Queue()
         self._batch: Batch = []
         self._batch_docs = 0
+        self._batch_bytes = 0
         self._timer: Optional[asyncio.TimerHandle] = None
         self._consumers: dict[str, str] = {}  # consumer tag -> kind, on the current channel
         self._consuming = False
@@ -102,7 +105,7 @@ class Worker:
         queue when the channel closes.
         """
         self._consuming = False
-        await self._cancel_consumers()
+        await self._cancel_consumers(drain_timeout)
         # Deliveries the broker sent before its CancelOk may still sit in consumer tasks.
         for _ in range(3):
             await asyncio.sleep(0)
@@ -129,16 +132,26 @@ class Worker:
         await self._tasks.close()
         await self.link.close()
 
-    async def _cancel_consumers(self) -> None:
+    async def _cancel_consumers(self, timeout: float) -> None:
+        """``basic_cancel`` every consumer, waiting at most ``timeout`` seconds in all: a
+        broker that never answers must not hold the shutdown (closing the channel later
+        cancels the consumers anyway)."""
         if not self.link.is_up:
             return
         try:
             channel = self.link.channel
-            for tag in list(self._consumers):
-                await channel.basic_cancel(tag)
+            tags = list(self._consumers)
+            await asyncio.wait_for(self._cancel_each(channel, tags), timeout)
+        except asyncio.TimeoutError:
+            log.warning("cancel_consumers_timed_out", timeout=timeout)
         except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError) as exc:
             log.info("cancel_consumers_failed", error=repr(exc))
         self._consumers.clear()
+
+    @staticmethod
+    async def _cancel_each(channel: AbstractChannel, tags: Sequence[str]) -> None:
+        for tag in tags:
+            await channel.basic_cancel(tag)
 
     async def _setup(self, channel: AbstractChannel) -> None:
         await self._topology.declare(channel, self._kinds)
@@ -177,7 +190,8 @@ class Worker:
             self._timer = asyncio.get_running_loop().call_later(self._linger, self._seal)
         self._batch.append(delivery)
         self._batch_docs += len(delivery.actions)
-        if self._batch_docs >= self._bulk_size:
+        self._batch_bytes += sum(map(len, delivery.actions))
+        if self._batch_docs >= self._bulk_size or self._batch_bytes >= self._bulk_max_bytes:
             self._seal()
 
     def _seal(self) -> None:
@@ -186,7 +200,7 @@ class Worker:
             self._timer = None
         if self._batch:
             self._sealed.put_nowait(self._batch)
-            self._batch, self._batch_docs = [], 0
+            self._batch, self._batch_docs, self._batch_bytes = [], 0, 0
 
     # -- flushing ------------------------------------------------------------------------
 
@@ -197,6 +211,12 @@ class Worker:
                 return
             try:
                 await self._flush(batch)
+            except Exception as exc:
+                # A bug or an answer of a shape nobody expected must not end this flusher
+                # (the process would stay "ready" with one bulk lane less, forever): give
+                # the batch back to the queue and go on.
+                log.exception("bulk_flush_failed", error=repr(exc), messages=len(batch))
+                await self._requeue([d for d in batch if not d.channel.is_closed])
             finally:
                 self._metrics.inflight.dec(len(batch))
 
@@ -234,7 +254,14 @@ class Worker:
                 delivery.channel, delivery.kind, delivery.letters, delivery.message_id
             )
         except BrokerUnavailable as exc:
-            self._rate_limited.warning("abandon", "delivery_abandoned", error=str(exc))
+            if delivery.channel.is_closed:
+                # RabbitMQ has requeued the message with its channel.
+                self._rate_limited.warning("abandon", "delivery_abandoned", error=str(exc))
+                return
+            # The channel is still open: without an answer the message would hold a
+            # prefetch slot for as long as the channel lives.
+            self._rate_limited.warning("dl_failed", "dead_letter_failed", error=str(exc))
+            await self._requeue([delivery])
             return
         except PublishRejected as exc:
             # Nack with requeue: the queue's delivery limit dead-letters the whole message
@@ -247,6 +274,9 @@ class Worker:
         if self._events is not None and delivery.letters:
             # Queued for a background bulk: never waited for, never in the way of the ack.
             self._events.record(delivery.kind, delivery.message_id, delivery.letters)
+        if delivery.settled:
+            return
+        delivery.settled = True
         try:
             await delivery.channel.basic_ack(delivery.tag)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
@@ -256,6 +286,9 @@ class Worker:
 
     async def _requeue(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
+            if delivery.settled:
+                continue
+            delivery.settled = True
             try:
                 await delivery.channel.basic_nack(delivery.tag, requeue=True)
             except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
