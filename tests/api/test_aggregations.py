@@ -165,7 +165,7 @@ async def test_sensors_size_and_order(api_client, seeded_prefix, measurements, o
 
 async def test_sensors_per_metric(api_client, seeded_prefix, measurements):
     client = await api_client(seeded_prefix)
-    got = await get_json(client, "/api/v1/sensors?per_metric=true&size=1000&sensor=sensor-05")
+    got = await get_json(client, "/api/v1/sensors?per_metric=true&size=648&sensor=sensor-05")
     [row] = got["sensors"]
     docs = matching(measurements, sensor="sensor-05")
     by_metric = group_by(docs, lambda d: d["metric"])

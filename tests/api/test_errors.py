@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import re
 
 import pytest
 
@@ -32,6 +35,8 @@ BAD = [
     ("/api/v1/sensors?order=avg", "order", "one of"),
     ("/api/v1/sensors?order=value:desc", "order", "one of"),
     ("/api/v1/sensors?per_metric=yes", "per_metric", "true or false"),
+    ("/api/v1/sensors?per_metric=true&size=1000", "size", "per_metric"),
+    ("/api/v1/stats?" + "&".join(f"tag=k{i}:v" for i in range(33)), "tag", "at most 32"),
     ("/api/v1/histogram?interval=5", "interval", "unit"),
     ("/api/v1/histogram?interval=0m", "interval", "unit"),
     ("/api/v1/histogram?interval=5w", "interval", "unit"),
@@ -116,3 +121,35 @@ async def test_dashboard_and_assets_are_served(api_client, seeded_prefix):
         body = await resp.text()
         assert resp.status == 200
         assert "https://" not in body, "the dashboard must not load anything from the internet"
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /api/v1/stats?sensor=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+    b"GET /api/v1/stats?sensor=\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+])
+async def test_requests_malformed_at_the_http_level_are_400_without_a_traceback(
+    api_client, seeded_prefix, caplog, request_bytes
+):
+    """aiohttp answers these before the API sees them (a plain-text 400, as the OpenAPI
+    document says); its log line is one WARNING, not an ERROR with a traceback."""
+    client = await api_client(seeded_prefix)
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(request_bytes)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+    assert re.match(rb"HTTP/1\.[01] 400 ", head), head
+    for _ in range(50):  # the log record is written after the answer
+        if any(r.name == "aiohttp.server" for r in caplog.records):
+            break
+        await asyncio.sleep(0.02)
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records, "aiohttp logged nothing"
+    for record in records:
+        assert record.levelno <= logging.WARNING, record.getMessage()
+        assert record.exc_info is None
+    assert any("bad HTTP request" in r.getMessage() for r in records)

@@ -29,6 +29,10 @@ DAY = 86_400_000
         ("2026-11-20T00:00:00,5Z", 1_795_132_800_500),
         ("2026-11-20T00:00:00.123456789Z", 1_795_132_800_123),
         ("9999-12-31T23:59:59.999Z", params.MAX_TS),
+        # "+01:30" typed unencoded in a URL: the "+" arrives as a space.
+        ("2026-11-20T01:30:00 01:30", 1_795_132_800_000),
+        ("2026-11-20T01:30 0130", 1_795_132_800_000),
+        ("2026-11-20 01:30:00.000 01:30", 1_795_132_800_000),
     ],
 )
 def test_times(raw, ms):
@@ -39,7 +43,8 @@ def test_times(raw, ms):
     "raw",
     ["", "now", "2026-1-1", "2026-11-20T", "2026-11-20T10", "2026/11/20", "1e12", "-1", "٣",
      "2026-11-20T00:00:00+25:00", "1969-12-31T23:59:59Z", "0000-01-01", "2026-11-20Z",
-     "2026-11-20T00:00:00.Z", "1234567890123456"],
+     "2026-11-20T00:00:00.Z", "1234567890123456", "2026-11-20T01:30:00  01:30",
+     "2026-11-20T01:30:00 25:00", "2026-11-20 01:30Z 01:00"],
 )
 def test_bad_times(raw):
     with pytest.raises(ApiError) as err:
@@ -49,7 +54,8 @@ def test_bad_times(raw):
 
 def test_every_accepted_time_matches_the_documented_pattern():
     pattern = re.compile(params.TIME_PATTERN)
-    for raw in ["0", "2026-11-20", "2026-11-20T00:00:00.123+01:00", "2026-11-20 10:00"]:
+    for raw in ["0", "2026-11-20", "2026-11-20T00:00:00.123+01:00", "2026-11-20 10:00",
+                "2026-11-20T10:00:00 01:00", "2026-11-20 10:00 0100"]:
         parse_time("to", raw)
         assert pattern.match(raw)
 
@@ -67,6 +73,22 @@ def test_query_parsing():
     assert got["tag"] == [("a", "b"), ("c", "d:e")]
     assert got["size"] == 5 and got["pretty"] is True and got["cursor"] is None and got["metric"] is None
     assert parse_query(MultiDict(), params.SENSORS)["order"] == "count:desc"
+
+
+def test_repeated_tags_are_capped():
+    many = [("tag", f"k{i}:v") for i in range(params.MAX_REPEAT)]
+    assert len(parse_query(MultiDict(many), params.STATS)["tag"]) == params.MAX_REPEAT
+    with pytest.raises(ApiError) as err:
+        parse_query(MultiDict([*many, ("tag", "one:more")]), params.STATS)
+    assert err.value.status == 400 and "'tag'" in err.value.message
+    assert f"at most {params.MAX_REPEAT}" in err.value.message
+
+
+def test_per_metric_size_stays_within_max_buckets():
+    limit = queries.max_sensors(True)
+    assert limit * (1 + queries.METRICS_PER_SENSOR) <= queries.ES_MAX_BUCKETS
+    assert (limit + 1) * (1 + queries.METRICS_PER_SENSOR) > queries.ES_MAX_BUCKETS
+    assert queries.max_sensors(False) >= 1000
 
 
 @pytest.mark.parametrize(

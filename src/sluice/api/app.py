@@ -8,6 +8,7 @@ Errors never leave as HTML or a stack trace: every status other than 200 is
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from importlib import resources
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..backoff import Backoff
 from ..errors import IndexingError
@@ -30,7 +32,7 @@ from .pipeline import QueueInspector
 from .responses import ApiError, error_body, json_response
 from .store import Store
 
-__all__ = ["ApiMetrics", "build_app", "static_dir"]
+__all__ = ["ApiMetrics", "BadRequestLogFilter", "build_app", "quiet_bad_request_logs", "static_dir"]
 
 log = get_logger(__name__)
 
@@ -55,6 +57,29 @@ class ApiMetrics:
 
 
 METRICS = web.AppKey("sluice_api_metrics", ApiMetrics)
+
+
+class BadRequestLogFilter(logging.Filter):
+    """Turns aiohttp's ERROR-with-traceback for a request malformed at the HTTP level
+    (a line or header over 8190 bytes, bytes that are not ASCII, a broken header) into
+    one WARNING line: the client sent garbage and got a plain 400; the API is fine.
+    Every other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: bad HTTP request ({type(exc).__name__}, status 400)"
+            record.args = ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_bad_request_logs() -> None:
+    """Install :class:`BadRequestLogFilter` on the ``aiohttp.server`` logger, once."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestLogFilter) for f in logger.filters):
+        logger.addFilter(BadRequestLogFilter())
 
 
 def static_dir() -> Path:
@@ -163,6 +188,7 @@ def build_app(
     template_replicas: Optional[int] = None,
 ) -> web.Application:
     """The API application; its resources open on startup and close on cleanup."""
+    quiet_bad_request_logs()
     metrics = ApiMetrics()
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=64 * 1024)
     app[METRICS] = metrics

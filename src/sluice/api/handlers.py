@@ -48,6 +48,12 @@ async def stats(request: web.Request) -> web.Response:
 async def sensors(request: web.Request) -> web.Response:
     values = parse_query(request.query, params.SENSORS)
     f = filters_of(values)
+    limit = queries.max_sensors(values["per_metric"])
+    if values["size"] > limit:
+        raise ApiError.bad_parameter(
+            "size", f"expected at most {limit} with per_metric=true (each sensor may hold "
+            f"{queries.METRICS_PER_SENSOR} metric buckets; Elasticsearch answers at most "
+            f"{queries.ES_MAX_BUCKETS} buckets), got {values['size']}")
     body = queries.sensors_body(f, values["size"], values["order"], values["per_metric"])
     resp = await _ctx(request).store.search(body)
     result = queries.sensors_result(resp, values["per_metric"])
@@ -117,11 +123,11 @@ async def measurements(request: web.Request) -> web.Response:
 
 
 async def _ingest(store: Store, minutes: int) -> dict[str, Any]:
-    now = int(time.time() * 1000)
-    # Whole minutes, the current one still filling: the buckets add up to ``count``.
-    start = (now // 60_000 - (minutes - 1)) * 60_000
-    resp = await store.search(queries.ingest_body(start, now + 1))
-    return queries.ingest_result(resp, start, now + 1)
+    # The rate over exactly the last ``minutes`` (never a partial minute's worth of
+    # documents over a whole minute's time); the bar chart's buckets are whole minutes.
+    window_start, bucket_start, end = queries.ingest_window(int(time.time() * 1000), minutes)
+    resp = await store.search(queries.ingest_body(window_start, bucket_start, end))
+    return queries.ingest_result(resp, window_start, bucket_start, end)
 
 
 async def _dead_reasons(store: Store) -> Optional[list[dict[str, Any]]]:

@@ -14,7 +14,7 @@ from typing import Any
 from .. import __version__
 from . import params
 from .params import Param
-from .queries import MAX_BUCKETS
+from .queries import ES_MAX_BUCKETS, MAX_BUCKETS, SENSOR_SHARD_SIZE, max_sensors
 from .responses import ERROR_CODES
 
 __all__ = ["openapi_document"]
@@ -153,11 +153,14 @@ _SCHEMAS: dict[str, Any] = {
             },
         }),
         "ingest": _obj({
-            "from": _TIME,
-            "to": _TIME,
-            "count": {"type": "integer", "minimum": 0},
-            "rate_per_s": {"type": "number", "minimum": 0},
-            "buckets": {"type": "array", "items": _obj({
+            "from": {**_TIME, "description": "start of the window: `to` minus `minutes` minutes"},
+            "to": {**_TIME, "description": "end of the window (exclusive): the time of the request"},
+            "count": {"type": "integer", "minimum": 0,
+                      "description": "documents ingested in [from, to), exact"},
+            "rate_per_s": {"type": "number", "minimum": 0,
+                           "description": "`count` divided by the window's length in seconds"},
+            "buckets": {"type": "array", "description": "documents ingested per whole UTC minute, "
+                        "the last one the current, still filling minute", "items": _obj({
                 "t": _TIME, "ts": {"type": "integer"}, "count": {"type": "integer", "minimum": 0},
             })},
         }),
@@ -238,7 +241,10 @@ def openapi_document() -> dict[str, Any]:
             "version": __version__,
             "description": "Aggregations over the measurements sluice stored, and the state of "
             "the pipeline. Every error is JSON: {\"error\": {\"code\", \"message\"}}. Add "
-            "`?pretty` for indented output.",
+            "`?pretty` for indented output. A request malformed at the HTTP level (a request "
+            "line or header longer than 8190 bytes, bytes that are not ASCII in the URL, a broken "
+            "header) is refused by the HTTP server before it reaches the API: that 400 is plain "
+            "text, not JSON.",
         },
         "paths": {
             "/api/v1/stats": _get(
@@ -249,7 +255,12 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/sensors": _get(
                 "Per-sensor statistics", "Sensors", params.SENSORS,
                 description="count, avg, min, max, sum and last seen per sensor, optionally per "
-                "metric within each sensor.",
+                "metric within each sensor (up to 100 metrics per sensor). The ranking and the "
+                f"per-sensor numbers are exact while each shard holds at most "
+                f"{SENSOR_SHARD_SIZE:,} distinct sensors matching the filters; beyond that the "
+                "order may be approximate. With `per_metric=true`, `size` is at most "
+                f"{max_sensors(True)}, so the answer stays within Elasticsearch's "
+                f"{ES_MAX_BUCKETS:,} buckets (`search.max_buckets`).",
             ),
             "/api/v1/histogram": _get(
                 "Date histogram", "Histogram", params.HISTOGRAM,

@@ -21,6 +21,7 @@ from .responses import ApiError
 
 __all__ = [
     "HISTOGRAM",
+    "MAX_REPEAT",
     "MAX_TS",
     "MEASUREMENTS",
     "PIPELINE",
@@ -49,11 +50,20 @@ _ISO_RE = (
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
     r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"
 )
-TIME_PATTERN = f"^(?:{_EPOCH_MS_RE}|{_ISO_RE})$"
+_SPACED_RE = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)? [0-9]{2}:?[0-9]{2}"
+)
+TIME_PATTERN = f"^(?:{_EPOCH_MS_RE}|{_ISO_RE}|{_SPACED_RE})$"
 _ISO_PARTS = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
     r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]{1,9}))?)?"
     r"(Z|[+-][0-9]{2}:?[0-9]{2})?)?\Z"
+)
+
+# A date and time followed by " HH:MM" (or " HHMM"): a "+" offset that lost its "+".
+_SPACED_OFFSET = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?)"
+    r" ([0-9]{2}:?[0-9]{2})\Z"
 )
 
 INTERVAL_PATTERN = "^[1-9][0-9]{0,5}[smhd]$"
@@ -62,6 +72,9 @@ _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,2048}$"
 _CURSOR_RE = re.compile(r"[A-Za-z0-9_-]{1,2048}\Z")
+
+#: How many times a repeatable parameter (``tag``) may be given.
+MAX_REPEAT = 32
 
 _TEXT_LIMIT = 256  # sensor and metric names, as records.py allows
 TAG_PATTERN = "^[^:\\x00-\\x1f\\x7f]{1,256}:[\\s\\S]{0,1024}$"
@@ -102,6 +115,10 @@ def parse_time(name: str, raw: str) -> int:
     """ISO 8601 (``2026-11-28``, ``2026-11-28T10:00:00Z``, offsets, no zone = UTC) or
     epoch milliseconds -> epoch milliseconds."""
     expected = "expected ISO 8601 (e.g. 2026-11-28T10:00:00Z) or epoch milliseconds"
+    # A "+" typed unencoded in a URL arrives as a space: "...T10:00:00 01:00" is +01:00.
+    spaced = _SPACED_OFFSET.match(raw)
+    if spaced is not None:
+        raw = f"{spaced.group(1)}+{spaced.group(2)}"
     if re.fullmatch(_EPOCH_MS_RE, raw, re.ASCII):
         ms = int(raw)
     else:
@@ -214,6 +231,8 @@ def decode_cursor(name: str, raw: str) -> list[Any]:
 # -- declarations --------------------------------------------------------------------------
 
 _TIME_SCHEMA = {"type": "string", "pattern": TIME_PATTERN}
+_SPACE_NOTE = (" A `+HH:MM` offset sent unencoded arrives as a space; `<date>T<time> HH:MM` "
+               "is therefore read as `+HH:MM` (encode `+` as `%2B` to be exact).")
 
 PRETTY = Param(
     "pretty", "Indent the JSON answer (`?pretty` alone is enough).",
@@ -226,12 +245,12 @@ FILTERS: tuple[Param, ...] = (
     Param("sensor", "Only measurements from this sensor.",
           {"type": "string", "minLength": 1, "maxLength": _TEXT_LIMIT}, _text, example="sensor-0001"),
     Param("from", "Start of the time range, inclusive: ISO 8601 (no zone means UTC) or epoch "
-          "milliseconds.", _TIME_SCHEMA, parse_time, example="2026-11-28T00:00:00Z"),
+          f"milliseconds.{_SPACE_NOTE}", _TIME_SCHEMA, parse_time, example="2026-11-28T00:00:00Z"),
     Param("to", "End of the time range, exclusive: ISO 8601 (no zone means UTC) or epoch "
-          "milliseconds.", _TIME_SCHEMA, parse_time, example="1795910400000"),
+          f"milliseconds.{_SPACE_NOTE}", _TIME_SCHEMA, parse_time, example="1795910400000"),
     Param("tag", "Only measurements carrying this tag, as `key:value`; repeat for several "
-          "(all must match).",
-          {"type": "array", "items": {"type": "string", "pattern": TAG_PATTERN}},
+          f"(all must match), at most {MAX_REPEAT} times.",
+          {"type": "array", "maxItems": MAX_REPEAT, "items": {"type": "string", "pattern": TAG_PATTERN}},
           _tag, repeatable=True, example=["site:lab"]),
 )
 
@@ -290,6 +309,9 @@ def parse_query(query: Mapping[str, str], params: Sequence[Param]) -> dict[str, 
             raise ApiError(400, "unknown_parameter",
                            f"unknown parameter '{name}'; this endpoint accepts: {accepted}")
         raws: list[str] = list(getall(name)) if getall is not None else [query[name]]
+        if param.repeatable and len(raws) > MAX_REPEAT:
+            raise ApiError.bad_parameter(
+                name, f"given {len(raws)} times; expected at most {MAX_REPEAT}")
         if param.repeatable:
             out[name] = [param.parse(name, raw) for raw in raws]
         elif len(raws) > 1:

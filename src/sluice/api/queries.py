@@ -15,8 +15,11 @@ from .params import Filters, iso
 
 __all__ = [
     "AUTO_BUCKETS",
+    "ES_MAX_BUCKETS",
     "MAX_BUCKETS",
+    "METRICS_PER_SENSOR",
     "PERCENTS",
+    "SENSOR_SHARD_SIZE",
     "bounds_body",
     "bounds_result",
     "bucket_count",
@@ -29,6 +32,8 @@ __all__ = [
     "histogram_result",
     "ingest_body",
     "ingest_result",
+    "ingest_window",
+    "max_sensors",
     "measurements_body",
     "measurements_result",
     "sensors_body",
@@ -56,7 +61,18 @@ _DAY_MS = 86_400_000
 # Every shard returns every sensor up to this many, so per-sensor counts and the order
 # by a sub-aggregation are exact rather than estimated from each shard's top few.
 _SENSOR_SHARD_SIZE = 10_000
-_METRICS_PER_SENSOR = 100
+METRICS_PER_SENSOR = _METRICS_PER_SENSOR = 100
+#: Elasticsearch's default ``search.max_buckets``: more buckets in one answer fail the search.
+ES_MAX_BUCKETS = 65_536
+#: Sensors considered per shard: ranking and counts are exact up to this many distinct
+#: sensors per shard (the terms aggregation's ``shard_size``).
+SENSOR_SHARD_SIZE = _SENSOR_SHARD_SIZE
+
+
+def max_sensors(per_metric: bool) -> int:
+    """The largest ``size`` whose answer stays within :data:`ES_MAX_BUCKETS` buckets
+    (each sensor's bucket plus, with ``per_metric``, up to 100 metric buckets in it)."""
+    return ES_MAX_BUCKETS // (1 + _METRICS_PER_SENSOR) if per_metric else ES_MAX_BUCKETS
 _DOC_FIELDS = ["id", "sensor", "metric", "value", "unit", "ts", "tags", "@timestamp",
                "ingested_at", "parser"]
 
@@ -335,39 +351,61 @@ def measurements_result(resp: Mapping[str, Any], size: int) -> tuple[list[dict[s
 # -- pipeline ------------------------------------------------------------------------------
 
 
-def ingest_body(start: int, end: int, interval: int = 60_000) -> dict[str, Any]:
-    """Documents by ``ingested_at`` per ``interval`` from ``start`` to ``end``."""
+def ingest_window(now: int, minutes: int) -> tuple[int, int, int]:
+    """``(window_start, bucket_start, end)`` for the last ``minutes`` before ``now``.
+
+    The rate is counted over exactly ``[window_start, end)`` (``minutes`` whole minutes
+    back from ``now``); the per-minute buckets are aligned on the minute, so they start
+    at ``bucket_start`` (the current, still filling minute is the last one).
+    """
+    return now - minutes * 60_000, (now // 60_000 - (minutes - 1)) * 60_000, now
+
+
+def ingest_body(window_start: int, bucket_start: int, end: int, interval: int = 60_000) -> dict[str, Any]:
+    """Documents ingested in ``[window_start, end)`` (exact count, a filter aggregation)
+    and per ``interval`` from ``bucket_start``."""
+    lower = min(window_start, bucket_start)
     return {
         "size": 0,
         "track_total_hits": True,
-        "query": {"range": {"ingested_at": {"gte": start, "lt": end, "format": "epoch_millis"}}},
+        "query": {"range": {"ingested_at": {"gte": lower, "lt": end, "format": "epoch_millis"}}},
         "aggs": {
+            "window": {
+                "filter": {"range": {"ingested_at": {
+                    "gte": window_start, "lt": end, "format": "epoch_millis"}}},
+            },
             "per_interval": {
-                "date_histogram": {
-                    "field": "ingested_at",
-                    "fixed_interval": format_interval(interval),
-                    "min_doc_count": 0,
-                    "extended_bounds": {"min": start, "max": end - 1},
-                }
+                "filter": {"range": {"ingested_at": {
+                    "gte": bucket_start, "lt": end, "format": "epoch_millis"}}},
+                "aggs": {"histogram": {
+                    "date_histogram": {
+                        "field": "ingested_at",
+                        "fixed_interval": format_interval(interval),
+                        "min_doc_count": 0,
+                        "extended_bounds": {"min": bucket_start, "max": end - 1},
+                    }
+                }},
             },
             "last_ingested": {"max": {"field": "ingested_at"}},
         },
     }
 
 
-def ingest_result(resp: Mapping[str, Any], start: int, end: int) -> dict[str, Any]:
+def ingest_result(resp: Mapping[str, Any], window_start: int, bucket_start: int, end: int) -> dict[str, Any]:
     aggs = resp.get("aggregations") or {}
+    per_interval = ((aggs.get("per_interval") or {}).get("histogram") or {}).get("buckets") or []
     buckets = [
         {"t": iso(int(b["key"])), "ts": int(b["key"]), "count": _count(b.get("doc_count"))}
-        for b in (aggs.get("per_interval") or {}).get("buckets") or []
-        if start <= int(b["key"]) < end
+        for b in per_interval
+        if bucket_start <= int(b["key"]) < end
     ]
-    total = _total(resp)
+    count = _count((aggs.get("window") or {}).get("doc_count"))
+    span_s = (end - window_start) / 1000.0
     return {
-        "from": iso(start),
+        "from": iso(window_start),
         "to": iso(end),
-        "count": total,
-        "rate_per_s": total / ((end - start) / 1000.0),
+        "count": count,
+        "rate_per_s": count / span_s if span_s > 0 else 0.0,
         "buckets": buckets,
     }
 

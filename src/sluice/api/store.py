@@ -61,6 +61,8 @@ class Store:
                     body=dict(body),
                     ignore_unavailable=True,
                     allow_no_indices=True,
+                    # A shard that fails must fail the search, not shrink the counts.
+                    allow_partial_search_results=False,
                 ),
                 self.timeout * 2 + 1,
             )
@@ -71,7 +73,21 @@ class Store:
         finally:
             if self._latency is not None:
                 self._latency.observe(time.perf_counter() - started)
-        return dict(resp.body)
+        body = dict(resp.body)
+        self._check_complete(body)
+        return body
+
+    def _check_complete(self, body: Mapping[str, Any]) -> None:
+        """Refuse an answer that covers only part of the data (a shard failed or the
+        search timed out): its counts would be silently low."""
+        shards = body.get("_shards")
+        failed = shards.get("failed") if isinstance(shards, Mapping) else None
+        total = shards.get("total") if isinstance(shards, Mapping) else None
+        if body.get("timed_out") is True:
+            raise self._fail(StoreUnavailable("search timed out; the answer would be partial"))
+        if isinstance(failed, int) and failed > 0:
+            raise self._fail(StoreUnavailable(
+                f"{failed} of {total} shards failed; the answer would be partial"))
 
     def _fail(self, error: Exception) -> ApiError:
         self._warn.warning(type(error).__name__, "store_request_failed", error=str(error)[:300])

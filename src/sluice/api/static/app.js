@@ -8,6 +8,7 @@
   const page = new URLSearchParams(window.location.search);
   const refreshSeconds = Math.max(1, Number(page.get("refresh")) || 5);
   const ingestMinutes = 15;
+  const histogramHours = 6;
   let refreshes = 0;
 
   async function api(path) {
@@ -52,15 +53,16 @@
     return d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " + hm;
   }
 
-  function renderHistogram(h) {
+  function renderHistogram(h, url) {
     const svg = document.getElementById("histogram-chart");
     svg.replaceChildren();
+    svg.dataset.url = url;
     const buckets = h.buckets;
     const W = 900, H = 260, top = 12, bottom = 8;
     const total = buckets.reduce((s, b) => s + b.count, 0);
     svg.dataset.buckets = String(buckets.length);
     svg.dataset.total = String(total);
-    document.getElementById("histogram-interval").textContent = buckets.length ? "(" + h.interval + " buckets, UTC)" : "";
+    document.getElementById("histogram-interval").textContent = buckets.length ? "(last " + histogramHours + " h, " + h.interval + " buckets, UTC)" : "";
     const axis = document.getElementById("histogram-axis");
     axis.replaceChildren();
     document.getElementById("histogram-max").textContent = "";
@@ -190,10 +192,14 @@
   async function refresh() {
     const status = document.getElementById("status");
     const errors = [];
+    // The chart covers a recent window (whole minutes, so a refresh and a re-read of
+    // the same URL agree): one stray old record must not stretch it into months.
+    const histFrom = Math.floor((Date.now() - histogramHours * 3600e3) / 60000) * 60000;
+    const histPath = "/api/v1/histogram?from=" + histFrom;
     const jobs = [
       api("/api/v1/stats").then(renderStats),
       api("/api/v1/sensors?size=50&order=count:desc").then(renderSensors),
-      api("/api/v1/histogram").then(renderHistogram),
+      api(histPath).then((h) => renderHistogram(h, histPath)),
       api("/api/v1/pipeline?minutes=" + ingestMinutes).then(renderPipeline),
     ];
     for (const r of await Promise.allSettled(jobs)) if (r.status === "rejected") errors.push(r.reason);
