@@ -4,6 +4,8 @@ broker, and a broker that stops and starts underneath it."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -190,3 +192,75 @@ async def test_shutdown_with_a_blocked_broker_nacks_what_it_cannot_confirm(
         ("error", None, ErrorCode.SHUTTING_DOWN),
     ]
     unblock_publishers(private_rabbitmq)
+
+
+def reset(client: RawClient) -> None:
+    """Vanish with a TCP reset, as a killed or crashed client's host may."""
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.writer.transport.abort()
+
+
+async def test_clients_vanishing_behind_a_blocked_broker_free_their_slots_and_payloads(
+    start_server: StartServer, clients: list[RawClient], private_rabbitmq: PrivateBroker
+) -> None:
+    server = await start_server(amqp_url=private_rabbitmq.url, max_inflight=2, idle_timeout=5.0)
+    block_publishers(private_rabbitmq)
+    payload = b"\x00" * (1 << 20)
+    crashed = [await connect(clients, server, f"crashed{n}") for n in range(3)]
+    closed = await connect(clients, server, "closed")
+    for client in [*crashed, closed]:
+        client.batch(0, payload)
+        client.batch(1, payload)  # at the limit: the server still reads, and sees the end
+    await poll(lambda: server.publisher.inflight == 8)
+
+    for client in crashed:
+        reset(client)
+    # A reset is seen at once: nothing can be delivered, so nothing is waited for.
+    await poll(lambda: server.connections == 1, timeout=4)  # not the 5 s drain bound
+    assert server.publisher.inflight == 2
+    # A plain close is an end of stream, like bye: owed acks are awaited, but not forever.
+    closed.writer.transport.abort()
+    await poll(lambda: server.connections == 0)
+    assert server.publisher.inflight == 0
+    assert server.metrics.batches.value() == 8
+    unblock_publishers(private_rabbitmq)
+
+
+async def test_at_the_limit_pings_are_answered_and_bye_is_bounded(
+    start_server: StartServer, clients: list[RawClient], private_rabbitmq: PrivateBroker
+) -> None:
+    server = await start_server(amqp_url=private_rabbitmq.url, max_inflight=2, idle_timeout=1.0)
+    client = await connect(clients, server, "patient")
+    block_publishers(private_rabbitmq)
+    client.batch(0, b"\x90")
+    client.batch(1, b"\x90")
+    await poll(lambda: server.publisher.inflight == 2)
+    client.send({"type": "ping", "nonce": 7})
+    assert await client.recv() == {"type": "pong", "nonce": 7}
+    client.send({"type": "bye"})
+    # RabbitMQ confirms nothing while blocked: after idle_timeout the owed are nacked.
+    frames = await client.recv_until_closed(timeout=10)
+    assert [(m["type"], m["seq"], m["code"]) for m in frames] == [
+        ("nack", 0, UNAVAILABLE), ("nack", 1, UNAVAILABLE)]
+    await poll(lambda: server.connections == 0)
+    assert server.publisher.inflight == 0
+    unblock_publishers(private_rabbitmq)
+
+
+async def test_a_batch_past_the_limit_is_held_until_a_slot_frees(
+    start_server: StartServer, clients: list[RawClient], private_rabbitmq: PrivateBroker
+) -> None:
+    server = await start_server(amqp_url=private_rabbitmq.url, max_inflight=2)
+    client = await connect(clients, server, "eager")
+    block_publishers(private_rabbitmq)
+    for seq in range(3):
+        client.batch(seq, b"\x90")
+    client.send({"type": "ping", "nonce": "after"})
+    await poll(lambda: server.publisher.inflight == 2)
+    await asyncio.sleep(0.5)  # not a timing check: time to misbehave
+    assert server.metrics.batches.value() == 2  # the third is held, the ping not read yet
+    unblock_publishers(private_rabbitmq)
+    frames = [await client.recv() for _ in range(4)]
+    assert {"type": "pong", "nonce": "after"} in frames
+    assert sorted(m["seq"] for m in frames if m is not None and m["type"] == "ack") == [0, 1, 2]

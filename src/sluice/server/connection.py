@@ -3,10 +3,18 @@
 The connection reads frames in one task. Each batch is handed to the publisher and
 counted in flight until it is settled; acks and nacks are written from the settle
 callback, so they go out in confirm order, which need not be the order batches arrived
-(clients match them by ``seq``). With ``max_inflight`` batches unsettled the reader stops
-reading the socket, so a client outrunning the broker is held back by TCP instead of
-filling the server's memory: per connection the server holds at most one frame being
-read, the stream reader's small buffer, and ``max_inflight`` payloads.
+(clients match them by ``seq``). With ``max_inflight`` batches unsettled the reader still
+reads, so pings are answered and a bye, end of stream or reset is seen; but a batch read
+then is held, and nothing more is read until a slot frees. So a client outrunning the
+broker is held back by TCP instead of filling the server's memory: per connection the
+server holds at most one frame being read, the stream reader's small buffer,
+``max_inflight`` payloads and the one held batch.
+
+When the client vanishes (reset, or the transport closed), nothing it is owed can be
+delivered: its batches not yet written to RabbitMQ are abandoned at once, freeing their
+payloads and the connection slot even while the broker is blocked. After a bye or end of
+stream the acks still owed are awaited for at most ``idle_timeout``; what is unconfirmed
+then is nacked ``unavailable``.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from ..protocol import (
     read_frame,
 )
 from .metrics import ServerMetrics
-from .publisher import UNAVAILABLE, Publisher
+from .publisher import UNAVAILABLE, Publication, Publisher
 from .streams import close_stream, close_with_error
 
 __all__ = ["MAX_CLIENT_ID_BYTES", "Connection", "ConnectionContext", "encode_ack"]
@@ -83,7 +91,8 @@ class Connection:
         self._ctx = ctx
         self._loop = asyncio.get_running_loop()
         self._tasks = TaskOwner("connection")
-        self._pending: set[int] = set()
+        #: seq -> its publication (None while publish() runs or when it settled at once)
+        self._pending: dict[int, Optional[Publication]] = {}
         self._slot: Optional[asyncio.Future[None]] = None
         self._drained: Optional[asyncio.Future[None]] = None
         self._read_task: Optional[asyncio.Task[Optional[ProtocolError]]] = None
@@ -91,6 +100,8 @@ class Connection:
         self._last_seen = self._loop.time()
         self._stop_reason: Optional[str] = None
         self._stop_deadline: Optional[float] = None
+        # the read ended because the connection broke: nothing can be delivered any more
+        self._broken = False
         # set once the last frame (error or not) is written: nothing may follow it
         self._sealed = False
         self.client_id = ""
@@ -114,6 +125,7 @@ class Connection:
         finally:
             self._disarm_idle()
             await self._tasks.close()
+            self._abandon()
             if not self._transport.is_closing():
                 self._transport.abort()
 
@@ -136,13 +148,20 @@ class Connection:
                 await self._fail(ErrorCode.IDLE_TIMEOUT,
                                  f"no frame received for {self._ctx.idle_timeout:g} s")
             else:
-                await self._drain()
+                await self._drain("the server shut down before RabbitMQ confirmed this batch; "
+                                  "resend")
                 await self._fail(ErrorCode.SHUTTING_DOWN,
                                  "the server is shutting down; reconnect (possibly elsewhere)")
             return
         error = task.result()
-        if error is None:  # bye or end of stream: settle what is owed, then close
-            await self._drain()
+        if error is None and (self._broken or self._transport.is_closing()):
+            # reset or closed underneath: no ack can reach the client; free what it pinned
+            self._sealed = True
+            self._abandon()
+        elif error is None:  # bye or end of stream: settle what is owed (bounded), then close
+            await self._drain(f"RabbitMQ did not confirm this batch within "
+                              f"{self._ctx.idle_timeout:g} s of the bye; resend",
+                              self._loop.time() + self._ctx.idle_timeout)
             self._sealed = True
             await close_stream(self._writer)
         else:
@@ -157,24 +176,31 @@ class Connection:
         )
         await close_with_error(self._reader, self._writer, code, message)
 
-    async def _drain(self) -> None:
-        """Wait for every batch in flight to be settled, or until the shutdown deadline;
-        what is still unconfirmed then is nacked ``unavailable``."""
+    async def _drain(self, reason: str, deadline: Optional[float] = None) -> None:
+        """Wait for every batch in flight to be settled, or until ``deadline`` or the
+        shutdown deadline (loop time); what is still unconfirmed then is nacked
+        ``unavailable`` with ``reason``, and its publishing abandoned."""
         if self._pending:
             self._drained = self._loop.create_future()
-            handle = None
-            if self._stop_deadline is not None:
-                handle = self._loop.call_at(self._stop_deadline, self._release_drain)
+            handles = [self._loop.call_at(when, self._release_drain)
+                       for when in (deadline, self._stop_deadline) if when is not None]
             try:
                 await self._drained
             finally:
                 self._drained = None
-                if handle is not None:
+                for handle in handles:
                     handle.cancel()
         for seq in sorted(self._pending):
-            self._send_nack(seq, UNAVAILABLE, "the server shut down before RabbitMQ confirmed "
-                            "this batch; resend")
-        self._pending.clear()
+            self._send_nack(seq, UNAVAILABLE, reason)
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Forget every batch still in flight: publishes not yet written to RabbitMQ are
+        cancelled (their payloads freed); written ones settle later, unobserved."""
+        if self._pending:
+            publications = [p for p in self._pending.values() if p is not None]
+            self._pending.clear()
+            self._ctx.publisher.abandon(publications)
 
     def _release_drain(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -222,6 +248,7 @@ class Connection:
         except ProtocolError as exc:
             return exc
         except (ConnectionError, OSError) as exc:  # the client vanished; it owes us nothing
+            self._broken = True
             log.debug("connection_broken", peer=str(self.peer), client_id=self.client_id,
                       error=repr(exc))
         return None
@@ -243,9 +270,6 @@ class Connection:
         max_inflight = self._ctx.max_inflight
         writer = self._writer
         while True:
-            if len(self._pending) >= max_inflight:
-                self._slot = self._loop.create_future()
-                await self._slot
             # A client that does not read its acks is held back too.
             await writer.drain()
             message = await self._next()
@@ -253,6 +277,11 @@ class Connection:
                 return
             kind = type(message)
             if kind is Batch:
+                # At the limit this one batch is held, and nothing more is read, until a
+                # slot frees; pings, bye and end of stream are still seen before that.
+                while len(self._pending) >= max_inflight:
+                    self._slot = self._loop.create_future()
+                    await self._slot
                 self._batch(message)
             elif kind is Ping:
                 self._pong(message)
@@ -266,12 +295,14 @@ class Connection:
         if seq in self._pending:
             raise ProtocolError(ErrorCode.DUPLICATE_SEQ,
                                 f"batch seq {seq} is still in flight on this connection")
-        self._pending.add(seq)
+        self._pending[seq] = None
         metrics = self._ctx.metrics
         metrics.batches.inc()
         metrics.records.inc(batch.count)
         metrics.bytes.inc(len(batch.payload))
-        self._ctx.publisher.publish(batch, self.client_id, self._settled)
+        publication = self._ctx.publisher.publish(batch, self.client_id, self._settled)
+        if publication is not None and seq in self._pending:
+            self._pending[seq] = publication
 
     def _pong(self, ping: Ping) -> None:
         try:
@@ -285,9 +316,9 @@ class Connection:
     # -- settling -------------------------------------------------------------------------
 
     def _settled(self, seq: int, code: Optional[str], message: str) -> None:
-        if seq not in self._pending:  # already nacked at a shutdown deadline
+        if seq not in self._pending:  # already nacked at a deadline, or abandoned
             return
-        self._pending.discard(seq)
+        del self._pending[seq]
         if code is None:
             if self._writable():
                 self._transport.write(encode_ack(seq))

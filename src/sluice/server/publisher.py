@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import Callable, Optional
 
 import aiormq
@@ -31,7 +32,7 @@ from ..protocol import Batch
 from ..topology import Topology
 from .metrics import ServerMetrics
 
-__all__ = ["REFUSED", "UNAVAILABLE", "UNROUTABLE", "Publisher", "Settle"]
+__all__ = ["REFUSED", "UNAVAILABLE", "UNROUTABLE", "Publication", "Publisher", "Settle"]
 
 log = get_logger(__name__)
 
@@ -62,6 +63,10 @@ class _Pending:
         self.task: Optional[asyncio.Task[None]] = None
 
 
+#: a batch being published, as returned by :meth:`Publisher.publish`
+Publication = _Pending
+
+
 def _table_int(value: int) -> int | str:
     return value if value <= MAX_TABLE_INT else str(value)
 
@@ -85,15 +90,16 @@ class Publisher:
     def inflight(self) -> int:
         return len(self._pending)
 
-    def publish(self, batch: Batch, client_id: str, settle: Settle) -> None:
+    def publish(self, batch: Batch, client_id: str, settle: Settle) -> Optional[Publication]:
         """Start publishing ``batch``; ``settle`` is called exactly once with the outcome
-        (possibly before this returns, when there is no link)."""
+        (possibly before this returns, when there is no link: then None is returned),
+        unless the returned publication is abandoned first (:meth:`abandon`)."""
         loop = asyncio.get_running_loop()
         message_id = f"{client_id}:{batch.seq}"
         pending = _Pending(batch.seq, message_id, settle, loop.time())
         if not self._link.is_up:
             self._finish(pending, UNAVAILABLE, "RabbitMQ is unavailable; resend later")
-            return
+            return None
         properties = Basic.Properties(
             content_type=CONTENT_TYPE,
             delivery_mode=PERSISTENT,
@@ -111,6 +117,24 @@ class Publisher:
         pending.task = self._tasks.spawn(
             self._publish(pending, batch.payload, f"raw.{batch.kind}", properties)
         )
+        return pending
+
+    def abandon(self, publications: Iterable[Publication]) -> None:
+        """Stop publishing these (their connection is gone or gave up on them) without
+        settling them, so their payloads are not held while the broker is slow or blocked.
+
+        Each task is cancelled. One still waiting for its turn on the channel (behind a
+        blocked or slow broker) is dropped before a frame of it is written, which is safe
+        in aiormq; one already written will still be confirmed by RabbitMQ, unobserved (at
+        least once: nobody was going to be told about it anyway).
+        """
+        for pending in publications:
+            if pending.done:
+                continue
+            pending.done = True
+            self._pending.discard(pending)
+            if pending.task is not None:
+                pending.task.cancel()
 
     async def _publish(
         self, pending: _Pending, body: bytes, routing_key: str, properties: Basic.Properties
