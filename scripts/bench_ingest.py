@@ -174,14 +174,7 @@ async def delete_namespace(url: str, namespace: str) -> None:
     topology = Topology(namespace=namespace)
     connection = await aiormq.connect(url)
     try:
-        for queue in (topology.raw_queue(KIND), topology.dead_queue(KIND)):
-            channel = await connection.channel()
-            with contextlib.suppress(aiormq.exceptions.AMQPError):
-                await channel.queue_delete(queue)
-        for exchange in (topology.exchange, topology.dead_exchange):
-            channel = await connection.channel()
-            with contextlib.suppress(aiormq.exceptions.AMQPError):
-                await channel.exchange_delete(exchange)
+        await topology.delete(connection, [KIND])
     finally:
         await connection.close()
 

@@ -13,9 +13,12 @@ which gives the delivery limit that stops a poison message from looping forever.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import aiormq
 
 __all__ = ["Topology"]
 
@@ -76,3 +79,19 @@ class Topology:
             await channel.queue_bind(
                 self.dead_queue(kind), self.dead_exchange, self.dead_routing_key(kind)
             )
+
+    async def delete(self, connection: Any, kinds: Iterable[str]) -> None:
+        """Delete the queues of these kinds and both exchanges; missing ones are skipped.
+
+        For tests and benchmarks that clean up after themselves. A failed delete closes
+        its channel, so each one gets a channel of its own.
+        """
+        for kind in kinds:
+            for queue in (self.raw_queue(kind), self.dead_queue(kind)):
+                channel = await connection.channel()
+                with contextlib.suppress(aiormq.exceptions.AMQPError):
+                    await channel.queue_delete(queue)
+        for exchange in (self.exchange, self.dead_exchange):
+            channel = await connection.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.exchange_delete(exchange)

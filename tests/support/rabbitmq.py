@@ -80,15 +80,7 @@ async def delete_topology(url: str, topology: Topology, kinds: tuple[str, ...]) 
     except Exception:
         return
     try:
-        for kind in kinds:
-            for queue in (topology.raw_queue(kind), topology.dead_queue(kind)):
-                channel = await conn.channel()
-                with contextlib.suppress(aiormq.exceptions.AMQPError):
-                    await channel.queue_delete(queue)
-        for exchange in (topology.exchange, topology.dead_exchange):
-            channel = await conn.channel()
-            with contextlib.suppress(aiormq.exceptions.AMQPError):
-                await channel.exchange_delete(exchange)
+        await topology.delete(conn, kinds)
     finally:
         await conn.close()
 
