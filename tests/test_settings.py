@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from sluice.errors import ConfigError
-from sluice.settings import BrokerSettings, add_arguments, describe, load, option
+from sluice.settings import BrokerSettings, add_arguments, describe, load, mask_url, option
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,39 @@ def test_describe_masks_secrets_and_url_passwords() -> None:
 def test_instance_id_defaults_to_host_and_pid() -> None:
     s = load(DemoSettings, parse([]), {})
     assert s.instance_id.endswith(f"-{__import__('os').getpid()}")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://u:ab/cd@host/", "amqp://u:***@host/"),
+        ("amqp://u:a#b?c@host:5671/vh", "amqp://u:***@host:5671/vh"),
+        ("amqp://u:p@ss@host/", "amqp://u:***@host/"),
+        ("https://elastic:x%2Fy@es:9200", "https://elastic:***@es:9200"),
+        ("amqp://guest@host/", "amqp://guest@host/"),
+    ],
+)
+def test_mask_url_hides_every_password_shape(url: str, shown: str) -> None:
+    """Passwords with unescaped '/', '#', '?' or '@' are masked too, not logged."""
+    assert mask_url(url) == shown
+
+
+def test_a_setting_can_come_from_a_file(tmp_path: Path) -> None:
+    """SLUICE_<NAME>_FILE holds the value (Docker/Kubernetes secrets); one newline is dropped."""
+    secret = tmp_path / "token"
+    secret.write_text("hunter2\n")
+    s = load(DemoSettings, parse([]), {"SLUICE_TOKEN_FILE": str(secret)})
+    assert s.token == "hunter2"
+    assert describe(s)["token"] == "***"
+
+
+def test_a_value_and_its_file_together_are_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("a")
+    with pytest.raises(ConfigError, match="both SLUICE_TOKEN and SLUICE_TOKEN_FILE"):
+        load(DemoSettings, parse([]), {"SLUICE_TOKEN": "b", "SLUICE_TOKEN_FILE": str(secret)})
+
+
+def test_an_unreadable_secret_file_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="SLUICE_TOKEN_FILE: cannot read"):
+        load(DemoSettings, parse([]), {"SLUICE_TOKEN_FILE": str(tmp_path / "missing")})

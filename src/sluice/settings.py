@@ -9,6 +9,11 @@ secret. The same declaration drives ``--help``, the environment variable name
     class ServerSettings(CommonSettings):
         port: int = option(7000, "TCP port for client connections")
 
+Every field can also be read from a file named by ``SLUICE_<NAME>_FILE`` (the convention
+of the official Docker images, for Docker and Kubernetes secrets): the file's content,
+without its trailing newline, is the value. Setting both ``SLUICE_<NAME>`` and
+``SLUICE_<NAME>_FILE`` is a :class:`ConfigError`, since one would be silently ignored.
+
 Validation lives in each class's ``__post_init__`` and raises :class:`ConfigError`.
 """
 
@@ -17,13 +22,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import socket
 import sys
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -163,10 +168,26 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[CommonSettings]) ->
             )
 
 
+def _from_environment(name: str, environ: Mapping[str, str]) -> str | None:
+    """``NAME`` or the content of the file named by ``NAME_FILE``; None when neither is set."""
+    file_var = name + "_FILE"
+    if file_var not in environ:
+        return environ.get(name)
+    if name in environ:
+        raise ConfigError(f"both {name} and {file_var} are set; set only one")
+    path = environ[file_var]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            content = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{file_var}: cannot read {path!r}: {exc.strerror or exc}") from exc
+    return content[:-1] if content.endswith("\n") else content
+
+
 def load(
     cls: type[S], args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
 ) -> S:
-    """Build settings: defaults, then environment, then flags that were given."""
+    """Build settings: defaults, then environment (or ``_FILE``), then flags that were given."""
     environ = os.environ if environ is None else environ
     hints = _hints(cls)
     values: dict[str, Any] = {}
@@ -174,22 +195,28 @@ def load(
         given = getattr(args, f.name, None) if args is not None else None
         if given is not None:
             values[f.name] = given if isinstance(given, bool) else _parse(str(given), hints[f.name], _flag(f.name))
-        elif env_name(f.name) in environ:
-            values[f.name] = _parse(environ[env_name(f.name)], hints[f.name], env_name(f.name))
+            continue
+        raw = _from_environment(env_name(f.name), environ)
+        if raw is not None:
+            values[f.name] = _parse(raw, hints[f.name], env_name(f.name))
     return cls(**values)
 
 
+# A password may hold "/", "#", "?" or "@" unescaped, and urlsplit then misses it (it ends
+# the authority at the first "/"), so the userinfo is taken to run to the *last* "@".
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def mask_url(value: str) -> str:
-    try:
-        parts = urlsplit(value)
-    except ValueError:
+    """The URL with any password replaced by ``***``; over-masks rather than leaks."""
+    scheme = _SCHEME.match(value)
+    head, at, tail = value.rpartition("@")
+    if scheme is None or not at:
         return value
-    if parts.password is None:
+    userinfo = head[scheme.end():]
+    if ":" not in userinfo:
         return value
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return f"{scheme.group(0)}{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
 def describe(settings: CommonSettings) -> dict[str, Any]:
