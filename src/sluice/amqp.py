@@ -4,6 +4,10 @@
 (topology declarations, ``basic_qos``, consumers), and when the connection or channel
 breaks it tells ``on_lost`` and reconnects with exponential backoff and full jitter.
 While it is down, :attr:`channel` raises :class:`BrokerUnavailable`.
+
+A :class:`ConfigError` from ``setup`` (a queue declared with other arguments) is not
+retried: reconnecting cannot fix it. The link stops, keeps the error in :attr:`failure`
+and sets :attr:`failed`, and the service exits with it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Callable, Optional
 import aiormq
 
 from .backoff import Backoff
-from .errors import BrokerUnavailable
+from .errors import BrokerUnavailable, ConfigError
 from .lifecycle import TaskOwner
 from .logs import get_logger
 from .settings import mask_url
@@ -53,6 +57,9 @@ class BrokerLink:
         self._connection: Optional[aiormq.abc.AbstractConnection] = None
         self._channel: Optional[aiormq.abc.AbstractChannel] = None
         self._up = asyncio.Event()
+        #: set when setup failed in a way no reconnect can fix; the error is in ``failure``
+        self.failed = asyncio.Event()
+        self.failure: Optional[ConfigError] = None
         self._tasks = TaskOwner(f"{name}-link")
         self.connects = 0
 
@@ -93,6 +100,12 @@ class BrokerLink:
                 await self._connect()
             except asyncio.CancelledError:
                 raise
+            except ConfigError as exc:
+                log.error("broker_setup_refused", link=self._name, url=mask_url(self._url),
+                          error=str(exc))
+                self.failure = exc
+                self.failed.set()
+                return
             except Exception as exc:
                 delay = self._backoff.next_delay()
                 log.warning("broker_connect_failed", link=self._name, url=mask_url(self._url),

@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 
 from .logs import get_logger
 
-__all__ = ["TaskOwner", "install_uvloop", "run_service", "stop_on_signals"]
+__all__ = ["TaskOwner", "install_uvloop", "run_service", "stop_on_signals", "wait_any"]
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -86,6 +86,17 @@ def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
             loop.remove_signal_handler(sig)
 
     return remove
+
+
+async def wait_any(*events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set (a stop signal, or a fatal failure)."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
 
 
 def run_service(main: Callable[[], Coroutine[Any, Any, int]]) -> int:

@@ -23,8 +23,10 @@ from .errors import ProtocolError
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "FRAME_KEYS",
     "HEADER_SIZE",
     "KIND_PATTERN",
+    "MAX_CONTROL_FRAME",
     "PROTOCOL_VERSION",
     "Ack",
     "Batch",
@@ -35,6 +37,7 @@ __all__ = [
     "FrameDecoder",
     "Hello",
     "Nack",
+    "NestedValue",
     "Ping",
     "Pong",
     "ServerMessage",
@@ -44,7 +47,9 @@ __all__ = [
     "encode_batch",
     "parse_client",
     "parse_server",
+    "read_body",
     "read_frame",
+    "read_header",
 ]
 
 PROTOCOL_VERSION = 1
@@ -53,6 +58,18 @@ HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
 KIND_PATTERN = re.compile(r"[a-z0-9_.-]{1,64}")
 MAX_UINT64 = 2**64 - 1
+#: the largest frame of any type but ``batch`` (hello, ping, bye): they carry a few short
+#: fields, so anything bigger is an attack or a bug, refused before it costs memory
+MAX_CONTROL_FRAME = 8 * 1024
+#: the keys a frame may carry; any other key is skipped unread (msgpack's skip builds no
+#: objects), so unknown keys cost nothing however much they hold
+FRAME_KEYS = frozenset({
+    "type", "version", "client_id", "token", "seq", "kind", "count", "payload", "nonce",
+    "server_id", "max_frame", "max_inflight", "code", "message",
+})
+#: the one key whose value may be a map or an array (an opaque nonce echoed by pong); it
+#: is only decoded in a frame no bigger than MAX_CONTROL_FRAME, so it cannot expand much
+_NESTED_KEYS = frozenset({"nonce"})
 
 
 class ErrorCode:
@@ -188,17 +205,51 @@ def encode_batch(seq: int, kind: str, count: int, payload: bytes) -> bytes:
 # -- decoding ---------------------------------------------------------------------------
 
 
+class NestedValue:
+    """Stands for a map or array that was skipped unread where a scalar belongs, so that
+    validation names the field ("must be an integer, not NestedValue")."""
+
+
+_NESTED = NestedValue()
+# msgpack type bytes: fixstr, str8/16/32; fixmap, fixarray, array16/32, map16/32
+_STR_MARKERS = frozenset([*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB])
+_NESTED_MARKERS = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
-    """A frame body as a map with string keys and a string ``type``."""
+    """A frame body as a map with string keys and a string ``type``.
+
+    Only :data:`FRAME_KEYS` are decoded; other keys are skipped without building their
+    values, and a map or array where a scalar belongs is not built either. So the memory a
+    frame costs is its own size, not what its msgpack could expand to (a 4 MiB frame of
+    nested empty maps would otherwise become hundreds of MB of dicts).
+    """
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(body) or 1)
     try:
-        obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        unpacker.feed(body)
+        entries = unpacker.read_map_header()
     except Exception as exc:  # msgpack raises several unrelated types for garbage
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"frame body is not one msgpack value: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"frame body is a msgpack {type(obj).__name__}, not a map")
-    for key in obj:
-        if not isinstance(key, str):
-            raise ProtocolError(ErrorCode.BAD_FRAME, "map keys must be strings")
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame body is not one msgpack map") from exc
+    obj: dict[str, Any] = {}
+    small = len(body) <= MAX_CONTROL_FRAME
+    try:
+        for _ in range(entries):
+            if body[unpacker.tell()] not in _STR_MARKERS:
+                raise ProtocolError(ErrorCode.BAD_FRAME, "map keys must be strings")
+            key = unpacker.unpack()
+            if key not in FRAME_KEYS:
+                unpacker.skip()
+            elif body[unpacker.tell()] in _NESTED_MARKERS and not (small and key in _NESTED_KEYS):
+                unpacker.skip()
+                obj[key] = _NESTED
+            else:
+                obj[key] = unpacker.unpack()
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"frame body is not one msgpack value: {exc!r}") from exc
+    if unpacker.tell() != len(body):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame body has bytes after its map")
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, 'message has no string "type"')
@@ -242,8 +293,8 @@ class FrameDecoder:
         return out
 
 
-async def read_frame(reader: asyncio.StreamReader, max_frame: int) -> bytes | None:
-    """The next frame body from a stream, or None on a clean end of stream between frames."""
+async def read_header(reader: asyncio.StreamReader, max_frame: int) -> int | None:
+    """The next frame's body length, or None on a clean end of stream between frames."""
     try:
         header = await reader.readexactly(HEADER_SIZE)
     except asyncio.IncompleteReadError as exc:
@@ -252,11 +303,24 @@ async def read_frame(reader: asyncio.StreamReader, max_frame: int) -> bytes | No
         raise ProtocolError(ErrorCode.BAD_FRAME, "stream ended inside a frame header") from exc
     (length,) = HEADER.unpack(header)
     _check_length(length, max_frame)
+    return int(length)
+
+
+async def read_body(reader: asyncio.StreamReader, length: int) -> bytes:
+    """The ``length`` bytes of a frame body whose header was read."""
     try:
         body: bytes = await reader.readexactly(length)
         return body
     except asyncio.IncompleteReadError as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, "stream ended inside a frame body") from exc
+
+
+async def read_frame(reader: asyncio.StreamReader, max_frame: int) -> bytes | None:
+    """The next frame body from a stream, or None on a clean end of stream between frames."""
+    length = await read_header(reader, max_frame)
+    if length is None:
+        return None
+    return await read_body(reader, length)
 
 
 # -- validation -------------------------------------------------------------------------

@@ -9,25 +9,67 @@ A measurement is a map::
     value   float (an int is accepted and widened; NaN and infinities are not)
     unit    str, optional
     ts      int, Unix epoch milliseconds
-    tags    map of str to str, optional
+    tags    map of str to str, optional: at most MAX_TAGS, keys 1..MAX_TAG_KEY characters
+            without dots (``site`` and ``site.x`` would clash in the mapping), values up to
+            MAX_TAG_VALUE characters
 
-Its kind, on the wire and in routing keys, is ``measurement``.
+Its kind, on the wire and in routing keys, is ``measurement``. ``docs/records.md`` is the
+normative description, with the id rules and the ``ts`` window (:class:`TsWindow`), which
+the parser applies to every kind since a document's ``ts`` picks its daily index.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import RecordError
 
-__all__ = ["MEASUREMENT_KIND", "validate_measurement"]
+__all__ = [
+    "MAX_TAGS",
+    "MAX_TAG_KEY",
+    "MAX_TAG_VALUE",
+    "MEASUREMENT_KIND",
+    "TS_OUT_OF_RANGE",
+    "TsWindow",
+    "validate_measurement",
+]
 
 MEASUREMENT_KIND = "measurement"
 _REQUIRED = ("id", "sensor", "metric", "value", "ts")
 _KNOWN = frozenset((*_REQUIRED, "unit", "tags"))
 _MAX_TS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last instant a date field holds
+#: tags are mapped one keyword field each: these caps bound the mapping's growth
+MAX_TAGS = 32
+MAX_TAG_KEY = 64
+MAX_TAG_VALUE = 256
+#: the dead-letter reason of a record whose ts is outside the window
+TS_OUT_OF_RANGE = "ts_out_of_range"
+_MS_PER_DAY = 86_400_000
+
+
+@dataclass(frozen=True)
+class TsWindow:
+    """The ``ts`` a record may have, relative to now: each day seen creates a daily index,
+    so a window keeps a stray 1970 or 9999 from creating indices (and shards) without end.
+    0 means no bound on that side."""
+
+    max_age_days: float = 30.0
+    max_ahead_days: float = 1.0
+
+    def bounds(self, now_ms: int) -> tuple[int, int]:
+        """The accepted ``ts`` range, both ends included, at ``now_ms``."""
+        low = now_ms - int(self.max_age_days * _MS_PER_DAY) if self.max_age_days else 0
+        high = now_ms + int(self.max_ahead_days * _MS_PER_DAY) if self.max_ahead_days else _MAX_TS
+        return low, high
+
+    @staticmethod
+    def refuse(ts: int, low: int, high: int) -> RecordError:
+        side = "older than the window allows" if ts < low else "too far in the future"
+        return RecordError(TS_OUT_OF_RANGE,
+                           f"ts {ts} is {side} (accepted now: {low}..{high} epoch ms)")
 
 
 def _text(record: Mapping[str, Any], name: str, limit: int) -> str:
@@ -80,5 +122,17 @@ def validate_measurement(record: Any) -> dict[str, Any]:
             isinstance(k, str) and k and isinstance(v, str) for k, v in tags.items()
         ):
             raise RecordError("bad_tags", "tags must be a map of non-empty strings to strings")
+        _check_tags(tags)
         out["tags"] = dict(tags)
     return out
+
+
+def _check_tags(tags: Mapping[str, str]) -> None:
+    if len(tags) > MAX_TAGS:
+        raise RecordError("bad_tags", f"{len(tags)} tags; at most {MAX_TAGS} are accepted")
+    for key, value in tags.items():
+        if len(key) > MAX_TAG_KEY or "." in key:
+            raise RecordError("bad_tags", f"tag key {key[:MAX_TAG_KEY]!r} must be 1..{MAX_TAG_KEY} "
+                              "characters without dots")
+        if len(value) > MAX_TAG_VALUE:
+            raise RecordError("bad_tags", f"tag {key!r} is longer than {MAX_TAG_VALUE} characters")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .topology import DEFAULT_QUEUE_MAX_BYTES
 
 __all__ = [
     "ENV_PREFIX",
@@ -90,11 +91,18 @@ class BrokerSettings(CommonSettings):
         20, "deliveries of one raw message before RabbitMQ dead-letters it; servers and "
         "parsers must agree, since it is part of the queue declaration"
     )
+    queue_max_bytes: int = option(
+        DEFAULT_QUEUE_MAX_BYTES, "bytes each raw and dead-letter queue may hold; past it RabbitMQ refuses "
+        "publishes (clients get a refused nack, back off and resend) instead of filling its "
+        "disk; part of the queue declaration, so servers and parsers must agree"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.delivery_limit < 1:
             raise ConfigError("delivery_limit must be at least 1")
+        if self.queue_max_bytes < 1:
+            raise ConfigError("queue_max_bytes must be at least 1")
 
 
 @dataclass(frozen=True)

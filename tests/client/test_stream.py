@@ -145,7 +145,7 @@ async def test_a_single_record_over_max_frame_fails(server: FakeServer) -> None:
 
 async def test_batches_refused_max_tries_times_are_given_up(server: FakeServer) -> None:
     server.nack_first = 10**6
-    server.nack_code = "refused"
+    server.nack_code = "a_code_from_the_future"  # unknown: its cause may be lasting
     stats, _ = await _stream_all(server, _batches(2, 10), max_tries=3)
     assert stats.acked == 0
     assert stats.gave_up == 20
@@ -165,6 +165,19 @@ async def test_unroutable_batches_fail_fast_whatever_max_tries(server: FakeServe
 async def test_unavailable_nacks_do_not_use_up_max_tries(server: FakeServer) -> None:
     # RabbitMQ restarting: the server nacks `unavailable` for longer than max_tries allows
     server.nack_first = 12
+    batches = _batches(3, 10)
+    stats, _ = await _stream_all(server, batches, max_tries=2)
+    assert (stats.acked, stats.gave_up) == (30, 0)
+    assert stats.nacked >= 120
+    assert sorted(r["id"] for r in server.acked_records()) == sorted(_ids(batches))
+
+
+async def test_refused_nacks_back_off_and_resend_without_using_up_max_tries(
+    server: FakeServer,
+) -> None:
+    # a queue at x-max-length-bytes rejects publishes until the parsers drain it
+    server.nack_first = 12
+    server.nack_code = "refused"
     batches = _batches(3, 10)
     stats, _ = await _stream_all(server, batches, max_tries=2)
     assert (stats.acked, stats.gave_up) == (30, 0)

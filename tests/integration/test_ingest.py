@@ -82,7 +82,8 @@ class Servers:
         self._tmp = tmp_path
         self.started: list[ServerProcess] = []
 
-    async def start(self, amqp_url: str, namespace: str, port: Optional[int] = None) -> ServerProcess:
+    async def start(self, amqp_url: str, namespace: str, port: Optional[int] = None,
+                    **env: str) -> ServerProcess:
         port = port or free_port()
         http_port = free_port()
         log = self._tmp / f"server-{len(self.started)}.log"
@@ -91,7 +92,7 @@ class Servers:
                 sys.executable, "-m", "sluice", "server", "--host", "127.0.0.1",
                 "--port", str(port), "--http-port", str(http_port),
                 env=_env(SLUICE_AMQP_URL=amqp_url, SLUICE_NAMESPACE=namespace,
-                         SLUICE_INSTANCE_ID=f"server-{len(self.started)}"),
+                         SLUICE_INSTANCE_ID=f"server-{len(self.started)}", **env),
                 stdout=sink, stderr=sink,
             )
         server = ServerProcess(process, port, http_port, log)
@@ -391,3 +392,40 @@ async def test_through_an_nginx_stream_balancer_to_two_servers(
         assert metrics["sluice_server_records_total"] > 0
     received = records_of(await drain(amqp_url, Topology(namespace).raw_queue(KIND)))
     assert sorted(r["id"] for r in received) == sorted(r["id"] for r in sent)
+
+
+async def test_a_full_queue_refuses_and_the_client_backs_off_and_resends_everything(
+    amqp_url: str, namespace: str, servers: Servers,
+) -> None:
+    """A raw queue at x-max-length-bytes (64 kB here) rejects publishes; the server nacks
+    `refused`, the client backs off and resends while a slow consumer drains the queue,
+    and every record arrives exactly once (a refused publish is not enqueued)."""
+    server = await servers.start(amqp_url, namespace, SLUICE_QUEUE_MAX_BYTES="65536")
+    count, seed, instance = 6_000, 91, "itest-full-queue"
+    client = await start_client(
+        "--target", server.target, "--count", str(count), "--seed", str(seed),
+        "--instance-id", instance, "--batch-size", "200", "--max-tries", "1",
+        "--give-up-after", "300",
+    )
+    queue = Topology(namespace).raw_queue(KIND)
+    drained: list[aiormq.abc.DeliveredMessage] = []
+    connection = await aiormq.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        while client.returncode is None:
+            message = await channel.basic_get(queue, no_ack=True)
+            if isinstance(message.delivery, Basic.GetEmpty):
+                await asyncio.sleep(0.05)
+            else:
+                drained.append(message)
+                await asyncio.sleep(0.02)  # slower than the client: the queue stays full
+    finally:
+        await connection.close()
+    code, summary, err = await finish_client(client)
+    assert code == 0, err[-3000:]
+    assert summary["acked"] == count and summary["failed"] == 0
+    assert summary["nacked"] > 0, "the queue never filled up"
+    received = records_of(drained + await drain(amqp_url, queue))
+    expected = regenerate(seed, instance, 100, count)
+    assert Counter(r["id"] for r in received) == Counter(r["id"] for r in expected)
+    assert by_id(received) == by_id(expected)

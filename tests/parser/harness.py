@@ -256,7 +256,9 @@ def start_parser(
     cmd = [
         sys.executable, "-m", "sluice", "parser", "--amqp-url", amqp_url,
         "--namespace", namespace, "--es-url", es_url, "--index-prefix", index_prefix,
-        "--http-port", str(port), "--log-level", "info", *args,
+        "--http-port", str(port), "--log-level", "info",
+        # the records here carry fixed timestamps from 2024: no ts window
+        "--ts-max-age-days", "0", *args,
     ]
     proc = subprocess.Popen(cmd, env=parser_env(env), stdout=log, stderr=subprocess.STDOUT,
                             cwd=ROOT)

@@ -12,6 +12,7 @@ from sluice.es import index_name
 from sluice.parser.deadletter import POISON
 from sluice.parser.delivery import MessageDecoder
 from sluice.parser.registry import build_chain
+from sluice.records import TsWindow
 
 from .harness import make_records
 
@@ -95,3 +96,36 @@ def test_poison_bodies_are_dead_lettered_whole() -> None:
         assert delivery.actions == []
         [letter] = delivery.letters
         assert (letter.reason, letter.body) == (POISON, body)
+
+
+def test_a_ts_outside_the_window_is_dead_lettered_ts_out_of_range() -> None:
+    """30 days back and 1 day ahead of the clock, both ends included."""
+    now = 1_760_000_000_000
+    day = 86_400_000
+    window_decoder = MessageDecoder(
+        "px", {"measurement": build_chain(["measurement"])}, TsWindow(30, 1),
+        clock=lambda: now / 1000,
+    )
+    base = make_records(1)[0]
+    stamps = {"oldest": now - 30 * day, "too-old": now - 30 * day - 1, "now": now,
+              "latest": now + day, "too-new": now + day + 1, "epoch": 0,
+              "year-9999": 253402300799999}
+    records = [base | {"id": name, "ts": ts} for name, ts in stamps.items()]
+    delivery = window_decoder.decode("measurement", message(msgpack.packb(records)))
+    kept = [records[p]["id"] for p in delivery.positions]
+    assert kept == ["oldest", "now", "latest"]
+    refused = {msgpack.unpackb(letter.body)["id"]: letter.reason for letter in delivery.letters}
+    assert refused == {name: "ts_out_of_range" for name in ("too-old", "too-new", "epoch",
+                                                             "year-9999")}
+
+
+def test_a_window_side_of_zero_is_unbounded() -> None:
+    now = 1_760_000_000_000
+    window_decoder = MessageDecoder(
+        "px", {"measurement": build_chain(["measurement"])}, TsWindow(0, 0),
+        clock=lambda: now / 1000,
+    )
+    base = make_records(1)[0]
+    records = [base | {"id": "epoch", "ts": 0}, base | {"id": "far", "ts": 253402300799999}]
+    delivery = window_decoder.decode("measurement", message(msgpack.packb(records)))
+    assert (delivery.positions, delivery.letters) == ([0, 1], [])

@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from sluice.protocol import Ack, ErrorCode, encode, encode_batch
+from sluice.protocol import MAX_CONTROL_FRAME, Ack, ErrorCode, encode, encode_batch
 from sluice.server.app import IngestServer
 from sluice.server.connection import MAX_CLIENT_ID_BYTES, encode_ack
 
@@ -152,6 +152,12 @@ BAD_INPUTS: dict[str, tuple[bytes, bool, str]] = {
     "client_id_too_long": (_hello(client_id="x" * 129), False, ErrorCode.BAD_MESSAGE),
     "client_id_too_many_bytes": (_hello(client_id="\u00e9" * (MAX_CLIENT_ID_BYTES // 2 + 1)),
                                  False, ErrorCode.BAD_MESSAGE),
+    "ping_over_the_control_cap": (encode({"type": "ping", "nonce": "x" * MAX_CONTROL_FRAME}),
+                                  True, ErrorCode.FRAME_TOO_LARGE),
+    "hello_over_the_control_cap": (_hello(pad=b"x" * MAX_CONTROL_FRAME), False,
+                                   ErrorCode.FRAME_TOO_LARGE),
+    "seq_is_a_nested_map": (encode({**BATCH_OK, "seq": {"a": [{}]}}), True,
+                            ErrorCode.BAD_MESSAGE),
     "duplicate_seq_in_flight": (encode(BATCH_OK) + encode(BATCH_OK), True,
                                 ErrorCode.DUPLICATE_SEQ),
 }

@@ -54,11 +54,13 @@ class ClientSettings(CommonSettings):
     file: str = option("", "send NDJSON records from PATH, or - for stdin, instead of generating",
                        metavar="PATH")
     kind: str = option(MEASUREMENT_KIND, "record kind (routing key raw.<kind>)")
-    max_tries: int = option(20, "nacks of one batch with a lasting cause (refused; unroutable "
-                                "gives up after 3 at most) before giving it up as failed; "
-                                "transient failures do not count: see --give-up-after")
+    max_tries: int = option(20, "nacks of one batch with a lasting cause (a code this client "
+                                "does not know; unroutable gives up after 3 at most) before "
+                                "giving it up as failed; transient failures do not count: "
+                                "see --give-up-after")
     give_up_after: float = option(600.0, "seconds to keep retrying through transient failures "
-                                         "(RabbitMQ unavailable, connections broken or refused, "
+                                         "(RabbitMQ unavailable, a full queue refusing "
+                                         "publishes, connections broken or refused, "
                                          "server unreachable or silent), counted from a batch's "
                                          "first send, before giving it up as failed; 0 = never")
     drain_timeout: float = option(30.0, "on SIGINT/SIGTERM, seconds to wait for acks still owed")

@@ -13,12 +13,13 @@ is acked:
   the at-least-once half of the contract, and the ids let the store deduplicate;
 - so does a server that goes silent: with batches in flight (or a ping unanswered) and
   nothing received for ``silence_timeout`` (3 ping intervals), the session is over;
-- transient failures (an ``unavailable`` nack: RabbitMQ down or restarting; a broken,
-  refused or silent connection; no connection at all) are retried with backoff for as
+- transient failures (an ``unavailable`` nack: RabbitMQ down or restarting; a ``refused``
+  nack: a queue at its ``x-max-length-bytes`` rejecting publishes until parsers drain it; a
+  broken, refused or silent connection; no connection at all) are retried with backoff for as
   long as ``give_up_after`` seconds allow, counted from a batch's first send: a batch
   unacked that long is given up and counted as failed, and so is everything the stream
   holds once it has gone that long without an ack (0 = retry forever);
-- other nacks (``refused``, or a code this client does not know) count against
+- other nacks (a code this client does not know) count against
   ``max_tries``; ``unroutable`` (no queue is bound for the kind: a resend cannot help)
   gives a batch up after at most :data:`UNROUTABLE_TRIES` of them;
 - a batch whose frame exceeds the server's ``max_frame`` is split into smaller batches.
@@ -79,9 +80,9 @@ _WRITE_BUFFER = 4 * 1024 * 1024
 #: hello.client_id is at most this many bytes of UTF-8 (wire protocol v1)
 _MAX_CLIENT_ID_BYTES = 128
 
-#: nack codes meaning "not now" (RabbitMQ down or restarting): retried until give_up_after,
-#: never counted against max_tries
-TRANSIENT_NACKS = frozenset({"unavailable"})
+#: nack codes meaning "not now" (RabbitMQ down or restarting, or a full queue refusing
+#: publishes until it drains): retried until give_up_after, never counted against max_tries
+TRANSIENT_NACKS = frozenset({"unavailable", "refused"})
 UNROUTABLE = "unroutable"
 #: nothing is bound for the batch's kind; resending will not bind anything, so give up soon
 UNROUTABLE_TRIES = 3

@@ -8,9 +8,10 @@ just these actions concatenated.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import msgpack
 import orjson
@@ -18,6 +19,7 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from ..errors import RecordError
 from ..es import index_name
+from ..records import TsWindow
 from .deadletter import POISON, DeadLetter
 from .indexer import action_prefix
 
@@ -85,7 +87,13 @@ class Delivery:
 class MessageDecoder:
     """Decodes messages of every kind with that kind's parser chain."""
 
-    def __init__(self, index_prefix: str, chains: Mapping[str, Chain]) -> None:
+    def __init__(
+        self, index_prefix: str, chains: Mapping[str, Chain], window: Optional[TsWindow] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        #: None: any ts an index can hold (tests, replays of old data)
+        self._window = window
+        self._clock = clock
         self._prefix = index_prefix
         self._chains = dict(chains)
         self._actions: dict[str, dict[int, bytes]] = {kind: {} for kind in chains}
@@ -121,10 +129,14 @@ class MessageDecoder:
             )
             return delivery
         delivery.count = len(records)
-        self._parse_all(kind, records, delivery)
+        # One reading of the clock per message: the window moves by a few ms at most.
+        low, high = (self._window.bounds(int(self._clock() * 1000)) if self._window is not None
+                     else (-(2**63), 2**63))
+        self._parse_all(kind, records, delivery, low, high)
         return delivery
 
-    def _parse_all(self, kind: str, records: list[Any], delivery: Delivery) -> None:
+    def _parse_all(self, kind: str, records: list[Any], delivery: Delivery, low: int,
+                   high: int) -> None:
         parse = self._chains[kind].parse
         prefixes = self._actions[kind]
         actions, positions, letters = delivery.actions, delivery.positions, delivery.letters
@@ -145,6 +157,8 @@ class MessageDecoder:
                 if type(ts) is not int:
                     ts = _whole_ms(ts)
                     doc["ts"] = ts
+                if not low <= ts <= high:
+                    raise TsWindow.refuse(ts, low, high)
                 day = ts // _MS_PER_DAY
                 prefix = prefixes.get(day)
                 if prefix is None:

@@ -19,9 +19,10 @@ from elasticsearch.serializer import JsonSerializer
 from ..backoff import Backoff
 from ..errors import ConfigError, IndexingError, StoreUnavailable
 from ..es import DEAD_KIND, ensure_template, index_name, make_client
-from ..lifecycle import TaskOwner, run_service, stop_on_signals
+from ..lifecycle import TaskOwner, run_service, stop_on_signals, wait_any
 from ..logs import configure_logging, get_logger
 from ..ops import OpsServer
+from ..records import TsWindow
 from ..settings import BrokerSettings, StoreSettings, describe, load, option
 from ..settings import add_arguments as add_settings_arguments
 from ..topology import Topology
@@ -60,9 +61,18 @@ class ParserSettings(BrokerSettings, StoreSettings):
     parser_options: str = option(
         "", "parser options NAME.KEY=VALUE separated by ';' (or repeat --parser-option)"
     )
+    ts_max_age_days: float = option(
+        30.0, "records whose ts is older than this many days are dead-lettered "
+        "(ts_out_of_range) instead of creating old daily indices; 0 = no bound")
+    ts_max_ahead_days: float = option(
+        1.0, "records whose ts is more than this many days ahead are dead-lettered "
+        "(ts_out_of_range); 0 = no bound")
     prefetch: int = option(
         200, "unacked messages per queue: bounds memory and the work redone after a crash"
     )
+    prefetch_bytes: int = option(
+        64 * 1024 * 1024, "message bytes held unacked before consuming pauses (RabbitMQ's "
+        "prefetch counts messages only); it resumes at half")
     bulk_size: int = option(5000, "documents per bulk request")
     bulk_max_bytes: int = option(
         10 * 1024 * 1024, "a bulk request is sent once its actions reach this many bytes"
@@ -97,10 +107,13 @@ class ParserSettings(BrokerSettings, StoreSettings):
         positive = {
             "prefetch": self.prefetch, "bulk_size": self.bulk_size,
             "bulk_concurrency": self.bulk_concurrency, "bulk_max_bytes": self.bulk_max_bytes,
+            "prefetch_bytes": self.prefetch_bytes,
         }
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
+        if self.ts_max_age_days < 0 or self.ts_max_ahead_days < 0:
+            raise ConfigError("ts_max_age_days and ts_max_ahead_days cannot be negative")
         if self.max_retries < 0 or self.bulk_linger_ms < 0:
             raise ConfigError("max_retries and bulk_linger_ms cannot be negative")
         if min(self.retry_cap, self.es_timeout, self.drain_timeout) <= 0:
@@ -198,7 +211,8 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
         request_timeout=settings.es_timeout, serializers=_fast_serializers(),
     )
     probe = StoreProbe(client, metrics)
-    topology = Topology(settings.namespace, delivery_limit=settings.delivery_limit)
+    topology = Topology(settings.namespace, delivery_limit=settings.delivery_limit,
+                        max_length_bytes=settings.queue_max_bytes)
     events = DeadLetterEvents(
         client, settings.index_prefix, metrics,
         parsers={kind: ",".join(chain.names) for kind, chain in chains.items()},
@@ -208,7 +222,8 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
         amqp_url=settings.amqp_url,
         topology=topology,
         kinds=settings.kinds,
-        decoder=MessageDecoder(settings.index_prefix, chains),
+        decoder=MessageDecoder(settings.index_prefix, chains,
+                               TsWindow(settings.ts_max_age_days, settings.ts_max_ahead_days)),
         indexer=BulkIndexer(
             client, metrics, retry_cap=settings.retry_cap, max_retries=settings.max_retries,
             on_store_state=probe.mark,
@@ -221,6 +236,7 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
         bulk_linger=settings.bulk_linger_ms / 1000,
         concurrency=settings.bulk_concurrency,
         bulk_max_bytes=settings.bulk_max_bytes,
+        prefetch_bytes=settings.prefetch_bytes,
     )
     ops = OpsServer(
         metrics.registry,
@@ -243,7 +259,10 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
         if installed:
             tasks.spawn(events.run(), name="dead-letter-events")
             worker.start()
-            await stop.wait()
+            await wait_any(stop, worker.link.failed)
+            if worker.link.failure is not None:  # e.g. a queue declared with other arguments
+                log.error("parser_cannot_start", error=str(worker.link.failure))
+                return 2
             log.info("parser_stopping")
             drained = await worker.stop(settings.drain_timeout)
             # Best effort: the dead letters themselves are already confirmed in RabbitMQ.

@@ -14,6 +14,14 @@ RabbitMQ hands it to another consumer; the ``create`` with the record id as ``_i
 the second attempt into harmless 409s. Prefetch bounds what is in memory: while
 Elasticsearch is down the bulks retry and no new messages arrive.
 
+RabbitMQ's prefetch counts messages only (it does not implement a size), so the bytes are
+bounded here: once the bodies held unacked reach ``prefetch_bytes``, or ``concurrency``
+sealed bulks wait for a flusher, the consumers are cancelled, and they consume again once
+the held bytes are down to half and a flusher is free. Deliveries already on the wire
+still arrive (at most ``prefetch`` messages per queue), so memory stays within
+``prefetch_bytes`` plus that much, and the sealed-bulk queue within ``concurrency`` plus
+what those deliveries fill.
+
 Acks go on the channel the message came in on. When that channel is gone, RabbitMQ has
 already requeued the message, so the delivery is dropped without an ack.
 """
@@ -64,6 +72,7 @@ class Worker:
         bulk_linger: float = 0.05,
         concurrency: int = 2,
         bulk_max_bytes: int = 10 * 1024 * 1024,
+        prefetch_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._topology = topology
         self._kinds = tuple(kinds)
@@ -73,6 +82,12 @@ class Worker:
         self._metrics = metrics
         self._events = events
         self._prefetch = prefetch
+        self._prefetch_bytes = prefetch_bytes
+        #: message body bytes received and not yet acked, requeued or dropped
+        self.held_bytes = 0
+        #: consumers cancelled because held_bytes or the sealed bulks reached their bound
+        self.paused = False
+        self._flow = asyncio.Event()
         self._bulk_size = bulk_size
         self._bulk_max_bytes = bulk_max_bytes
         self._linger = bulk_linger
@@ -89,6 +104,7 @@ class Worker:
         self._consuming = False
         self._accepting = True
         self._rate_limited = RateLimitedLog(log)
+        self._flow_task: Optional[asyncio.Task[None]] = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -96,7 +112,13 @@ class Worker:
         self._consuming = True
         for n in range(self._concurrency):
             self._flushers.append(self._tasks.spawn(self._flush_loop(), name=f"bulk-{n}"))
+        self._flow_task = self._tasks.spawn(self._flow_loop(), name="flow")
         self.link.start()
+
+    @property
+    def sealed_waiting(self) -> int:
+        """Sealed bulks waiting for a flusher."""
+        return self._sealed.qsize()
 
     async def stop(self, drain_timeout: float = 20.0) -> bool:
         """Stop consuming, finish the bulks in flight and ack them, close the link.
@@ -105,6 +127,9 @@ class Worker:
         queue when the channel closes.
         """
         self._consuming = False
+        if self._flow_task is not None:
+            self._flow_task.cancel()
+            await asyncio.wait({self._flow_task})
         await self._cancel_consumers(drain_timeout)
         # Deliveries the broker sent before its CancelOk may still sit in consumer tasks.
         for _ in range(3):
@@ -157,8 +182,11 @@ class Worker:
         await self._topology.declare(channel, self._kinds)
         await channel.basic_qos(prefetch_count=self._prefetch)
         self._consumers = {}
-        if not self._consuming:
-            return
+        self._metrics.broker_up.set(1)
+        if self._consuming and not self.paused:
+            await self._consume(channel)
+
+    async def _consume(self, channel: AbstractChannel) -> None:
         for kind in self._kinds:
             ok = await channel.basic_consume(
                 self._topology.raw_queue(kind), functools.partial(self._on_message, kind),
@@ -166,7 +194,6 @@ class Worker:
             )
             assert ok.consumer_tag is not None
             self._consumers[ok.consumer_tag] = kind
-        self._metrics.broker_up.set(1)
         log.info("consuming", queues=[self._topology.raw_queue(k) for k in self._kinds],
                  prefetch=self._prefetch)
 
@@ -186,6 +213,7 @@ class Worker:
         metrics.messages_in.inc(1, kind)
         metrics.records_in.inc(delivery.count, kind)
         metrics.inflight.inc()
+        self.held_bytes += len(delivery.body)
         if not self._batch:
             self._timer = asyncio.get_running_loop().call_later(self._linger, self._seal)
         self._batch.append(delivery)
@@ -193,6 +221,8 @@ class Worker:
         self._batch_bytes += sum(map(len, delivery.actions))
         if self._batch_docs >= self._bulk_size or self._batch_bytes >= self._bulk_max_bytes:
             self._seal()
+        else:
+            self._check_flow()
 
     def _seal(self) -> None:
         if self._timer is not None:
@@ -201,6 +231,40 @@ class Worker:
         if self._batch:
             self._sealed.put_nowait(self._batch)
             self._batch, self._batch_docs, self._batch_bytes = [], 0, 0
+        self._check_flow()
+
+    # -- flow control --------------------------------------------------------------------
+
+    def _check_flow(self) -> None:
+        full = (self.held_bytes >= self._prefetch_bytes
+                or self._sealed.qsize() >= self._concurrency)
+        if full and not self.paused:
+            self.paused = True
+            self._flow.set()
+        elif self.paused and not full and self.held_bytes <= self._prefetch_bytes // 2:
+            self.paused = False
+            self._flow.set()
+
+    async def _flow_loop(self) -> None:
+        """Cancel the consumers while paused, consume again when not: one task does both,
+        so a pause and a resume never race on the channel."""
+        while True:
+            await self._flow.wait()
+            self._flow.clear()
+            if not self.link.is_up:
+                continue  # the next setup consumes or not, from self.paused
+            try:
+                channel = self.link.channel
+                if self.paused and self._consumers:
+                    log.info("consumers_paused", held_bytes=self.held_bytes,
+                             sealed=self._sealed.qsize())
+                    await self._cancel_each(channel, list(self._consumers))
+                    self._consumers.clear()
+                elif not self.paused and not self._consumers and self._consuming:
+                    await self._consume(channel)
+            except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+                # The link is going down; its setup will consume (or not) on reconnect.
+                log.info("flow_change_failed", error=repr(exc))
 
     # -- flushing ------------------------------------------------------------------------
 
@@ -219,6 +283,8 @@ class Worker:
                 await self._requeue([d for d in batch if not d.channel.is_closed])
             finally:
                 self._metrics.inflight.dec(len(batch))
+                self.held_bytes -= sum(len(d.body) for d in batch)
+                self._check_flow()
 
     async def _flush(self, batch: Batch) -> None:
         live = [d for d in batch if not d.channel.is_closed]

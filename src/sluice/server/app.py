@@ -19,18 +19,22 @@ from ..metrics import Registry
 from ..ops import OpsServer
 from ..protocol import ErrorCode, Welcome, encode
 from ..topology import Topology
+from .budget import ByteBudget
 from .connection import SHUTDOWN, Connection, ConnectionContext
 from .main import ServerSettings
 from .metrics import ServerMetrics
 from .publisher import Publisher
 from .streams import close_with_error
 
-__all__ = ["READ_BUFFER_LIMIT", "IngestServer"]
+__all__ = ["MAX_REFUSING", "READ_BUFFER_LIMIT", "IngestServer"]
 
 log = get_logger(__name__)
 
 #: the stream reader pauses the socket past twice this; it bounds unread bytes per connection
 READ_BUFFER_LIMIT = 64 * 1024
+#: connections being refused politely (error frame, then a bounded linger) at once; past
+#: this, a refused connection is reset at once, so a flood of connects costs no memory
+MAX_REFUSING = 100
 #: time allowed, past the drain deadline, for connections to send their last frame and close
 CLOSE_GRACE = 3.0
 
@@ -39,9 +43,12 @@ class IngestServer:
     def __init__(self, settings: ServerSettings, registry: Optional[Registry] = None) -> None:
         self.settings = settings
         self.registry = registry or Registry("sluice_server")
-        self.topology = Topology(namespace=settings.namespace, delivery_limit=settings.delivery_limit)
+        self.topology = Topology(namespace=settings.namespace, delivery_limit=settings.delivery_limit,
+                                 max_length_bytes=settings.queue_max_bytes)
         self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._tasks = TaskOwner("server")
+        self._refusing = 0
+        self.budget = ByteBudget(settings.max_inflight_bytes)
         self.link = BrokerLink(settings.amqp_url, setup=self._declare, on_lost=self._link_lost,
                                name="server")
         self.metrics = ServerMetrics(
@@ -49,6 +56,8 @@ class IngestServer:
             connections=lambda: len(self._connections),
             inflight=lambda: self.publisher.inflight,
             broker_up=lambda: self.link.is_up,
+            inflight_bytes=lambda: self.budget.used,
+            budget_waiting=lambda: self.budget.waiting,
         )
         self.publisher = Publisher(self.link, self.topology, settings.instance_id, self.metrics)
         self._context = ConnectionContext(
@@ -60,6 +69,7 @@ class IngestServer:
             publisher=self.publisher,
             metrics=self.metrics,
             rejections=RateLimitedLog(log),
+            budget=self.budget,
         )
         self.ops = OpsServer(self.registry, ready=lambda: {"broker": self.link.is_up},
                              host=settings.host, port=settings.http_port)
@@ -72,6 +82,11 @@ class IngestServer:
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    @property
+    def refusing(self) -> int:
+        """Refused connections still being closed politely (at most MAX_REFUSING)."""
+        return self._refusing
 
     async def _declare(self, channel: object) -> None:
         await self.topology.declare(channel, self.settings.kinds)
@@ -113,10 +128,19 @@ class IngestServer:
         self.metrics.errors.inc(1, code)
         self._context.rejections.warning(code, "connection_rejected", code=code, reason=message,
                                          peer=str(writer.get_extra_info("peername")))
+        if self._refusing >= MAX_REFUSING:
+            writer.transport.abort()  # a flood: no error frame, no linger, nothing held
+            return
         try:
-            self._tasks.spawn(close_with_error(reader, writer, code, message))
+            task = self._tasks.spawn(close_with_error(reader, writer, code, message))
         except RuntimeError:  # closing down: no time for politeness
             writer.transport.abort()
+            return
+        self._refusing += 1
+        task.add_done_callback(self._refused)
+
+    def _refused(self, _: object) -> None:
+        self._refusing -= 1
 
     async def shutdown(self, drain_timeout: Optional[float] = None) -> None:
         """Stop accepting, drain in-flight confirms (bounded), close every connection."""

@@ -10,6 +10,13 @@ broker is held back by TCP instead of filling the server's memory: per connectio
 server holds at most one frame being read, the stream reader's small buffer,
 ``max_inflight`` payloads and the one held batch.
 
+Across connections, the bodies of unsettled batches share one byte budget
+(``max_inflight_bytes``, budget.py). A batch's length is taken from it before its body is
+read (a frame over ``MAX_CONTROL_FRAME`` can only be a batch; a smaller batch is read
+first and then held like a batch past ``max_inflight``), so at the budget a connection
+stops reading exactly as at ``max_inflight``. Hello, ping and bye frames are capped at
+``MAX_CONTROL_FRAME``.
+
 When the client vanishes (reset, or the transport closed), nothing it is owed can be
 delivered: its batches not yet written to RabbitMQ are abandoned at once, freeing their
 payloads and the connection slot even while the broker is blocked. After a bye or end of
@@ -30,6 +37,7 @@ from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
 from ..protocol import (
     HEADER_SIZE,
+    MAX_CONTROL_FRAME,
     Batch,
     Bye,
     ErrorCode,
@@ -40,8 +48,10 @@ from ..protocol import (
     decode_body,
     encode,
     parse_client,
-    read_frame,
+    read_body,
+    read_header,
 )
+from .budget import ByteBudget
 from .metrics import ServerMetrics
 from .publisher import UNAVAILABLE, Publication, Publisher
 from .streams import close_stream, close_with_error
@@ -79,6 +89,7 @@ class ConnectionContext:
     publisher: Publisher
     metrics: ServerMetrics
     rejections: RateLimitedLog
+    budget: ByteBudget
 
 
 class Connection:
@@ -93,6 +104,12 @@ class Connection:
         self._tasks = TaskOwner("connection")
         #: seq -> its publication (None while publish() runs or when it settled at once)
         self._pending: dict[int, Optional[Publication]] = {}
+        #: seq -> bytes it holds of the server's budget (every seq in _pending has one)
+        self._sizes: dict[int, int] = {}
+        #: bytes taken for the frame being read or held, not yet handed to a batch
+        self._held = 0
+        #: waiting for the budget: the client is not idle, it is held back
+        self._waiting = False
         self._slot: Optional[asyncio.Future[None]] = None
         self._drained: Optional[asyncio.Future[None]] = None
         self._read_task: Optional[asyncio.Task[Optional[ProtocolError]]] = None
@@ -104,6 +121,7 @@ class Connection:
         self._broken = False
         # set once the last frame (error or not) is written: nothing may follow it
         self._sealed = False
+        self._frame_size = 0
         self.client_id = ""
         self.peer: Any = writer.get_extra_info("peername")
 
@@ -200,6 +218,8 @@ class Connection:
         if self._pending:
             publications = [p for p in self._pending.values() if p is not None]
             self._pending.clear()
+            self._ctx.budget.release(sum(self._sizes.values()))
+            self._sizes.clear()
             self._ctx.publisher.abandon(publications)
 
     def _release_drain(self) -> None:
@@ -220,7 +240,7 @@ class Connection:
         # A timer re-armed only when it fires, instead of a timeout per read: the hot path
         # just stores a timestamp. A client waiting for our acks is not idle.
         now = self._loop.time()
-        if self._pending:
+        if self._pending or self._waiting:
             self._last_seen = now
         remaining = self._last_seen + self._ctx.idle_timeout - now
         if remaining > 0:
@@ -232,11 +252,25 @@ class Connection:
     # -- reading --------------------------------------------------------------------------
 
     async def _next(self) -> Any:
-        body = await read_frame(self._reader, self._ctx.max_frame)
-        if body is None:
+        length = await read_header(self._reader, self._ctx.max_frame)
+        if length is None:
             return None
         self._last_seen = self._loop.time()
-        message = parse_client(decode_body(body))
+        try:
+            if length > MAX_CONTROL_FRAME:
+                # Only a batch may be this big: its bytes are taken before its body is read.
+                await self._take(length)
+            body = await read_body(self._reader, length)
+            message = parse_client(decode_body(body))
+            if length > MAX_CONTROL_FRAME and type(message) is not Batch:
+                raise ProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"a {_FRAME_TYPES[type(message)]} frame may be at most {MAX_CONTROL_FRAME} "
+                    f"bytes, not {length}")
+        except BaseException:
+            self._release_held()
+            raise
+        self._frame_size = length
         self._ctx.metrics.frames.inc(1, _FRAME_TYPES[type(message)])
         return message
 
@@ -279,10 +313,15 @@ class Connection:
             if kind is Batch:
                 # At the limit this one batch is held, and nothing more is read, until a
                 # slot frees; pings, bye and end of stream are still seen before that.
-                while len(self._pending) >= max_inflight:
-                    self._slot = self._loop.create_future()
-                    await self._slot
-                self._batch(message)
+                try:
+                    while len(self._pending) >= max_inflight:
+                        self._slot = self._loop.create_future()
+                        await self._slot
+                    if not self._held:
+                        await self._take(self._frame_size)
+                    self._batch(message)
+                finally:
+                    self._release_held()
             elif kind is Ping:
                 self._pong(message)
             elif kind is Bye:
@@ -296,6 +335,7 @@ class Connection:
             raise ProtocolError(ErrorCode.DUPLICATE_SEQ,
                                 f"batch seq {seq} is still in flight on this connection")
         self._pending[seq] = None
+        self._sizes[seq], self._held = self._held, 0
         metrics = self._ctx.metrics
         metrics.batches.inc()
         metrics.records.inc(batch.count)
@@ -303,6 +343,22 @@ class Connection:
         publication = self._ctx.publisher.publish(batch, self.client_id, self._settled)
         if publication is not None and seq in self._pending:
             self._pending[seq] = publication
+
+    async def _take(self, size: int) -> None:
+        """Take ``size`` bytes of the server's budget for the frame being read."""
+        budget = self._ctx.budget
+        if not budget.try_take(size):
+            self._waiting = True
+            try:
+                await budget.take(size)
+            finally:
+                self._waiting = False
+        self._held = size
+
+    def _release_held(self) -> None:
+        if self._held:
+            self._ctx.budget.release(self._held)
+            self._held = 0
 
     def _pong(self, ping: Ping) -> None:
         try:
@@ -319,6 +375,7 @@ class Connection:
         if seq not in self._pending:  # already nacked at a deadline, or abandoned
             return
         del self._pending[seq]
+        self._ctx.budget.release(self._sizes.pop(seq))
         if code is None:
             if self._writable():
                 self._transport.write(encode_ack(seq))

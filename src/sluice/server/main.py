@@ -8,12 +8,13 @@ from dataclasses import dataclass
 
 from .. import settings as settings_mod
 from ..errors import ConfigError
-from ..lifecycle import run_service, stop_on_signals
+from ..lifecycle import run_service, stop_on_signals, wait_any
 from ..logs import configure_logging, get_logger
 from ..protocol import DEFAULT_MAX_FRAME, KIND_PATTERN
 from ..settings import BrokerSettings, option
 
-__all__ = ["HELP", "ServerSettings", "add_arguments", "main", "serve"]
+__all__ = ["DEFAULT_MAX_INFLIGHT_BYTES", "HELP", "ServerSettings", "add_arguments", "main",
+           "serve"]
 
 HELP = (
     "Accept client connections (wire protocol v1, docs/protocol.md) and publish every batch "
@@ -21,6 +22,10 @@ HELP = (
 )
 
 log = get_logger(__name__)
+
+#: sized for a small container (256 MiB): the budget, plus the interpreter (about 60 MiB),
+#: plus transient copies while frames are decoded and written to RabbitMQ
+DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,10 @@ class ServerSettings(BrokerSettings):
     max_frame: int = option(DEFAULT_MAX_FRAME, "largest frame accepted, in bytes")
     max_inflight: int = option(64, "unconfirmed batches per connection before the server "
                                    "stops reading it")
+    max_inflight_bytes: int = option(
+        DEFAULT_MAX_INFLIGHT_BYTES, "bytes of unsettled batches held across all connections; "
+        "at this budget the server stops reading connections (TCP backpressure, no error) "
+        "until confirms free bytes; at least max_frame")
     max_connections: int = option(1000, "client connections served at once; more are refused")
     idle_timeout: float = option(60.0, "seconds a connection with nothing in flight may stay "
                                        "silent before it is closed")
@@ -53,6 +62,9 @@ class ServerSettings(BrokerSettings):
             raise ConfigError(f"max_frame must be 64..{2**32 - 1} bytes, not {self.max_frame}")
         if self.max_inflight < 1:
             raise ConfigError(f"max_inflight must be at least 1, not {self.max_inflight}")
+        if self.max_inflight_bytes < self.max_frame:
+            raise ConfigError(f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least "
+                              f"max_frame ({self.max_frame})")
         if self.max_connections < 1:
             raise ConfigError(f"max_connections must be at least 1, not {self.max_connections}")
         if not self.idle_timeout > 0:
@@ -74,7 +86,10 @@ async def serve(settings: ServerSettings) -> int:
     server = IngestServer(settings)
     try:
         await server.start()
-        await stop.wait()
+        await wait_any(stop, server.link.failed)
+        if server.link.failure is not None:  # e.g. a queue declared with other arguments
+            log.error("server_cannot_start", error=str(server.link.failure))
+            return 2
         log.info("server_stopping", drain_timeout=settings.drain_timeout)
         await server.shutdown()
     finally:

@@ -25,6 +25,8 @@ class ServerMetrics:
         connections: Callable[[], int],
         inflight: Callable[[], int],
         broker_up: Callable[[], bool],
+        inflight_bytes: Callable[[], int] = lambda: 0,
+        budget_waiting: Callable[[], int] = lambda: 0,
     ) -> None:
         self.registry = registry
         self.connections = registry.gauge("connections", "client connections open now", connections)
@@ -43,6 +45,12 @@ class ServerMetrics:
         )
         self.inflight = registry.gauge("inflight_batches", "batches published and not yet settled",
                                        inflight)
+        self.inflight_bytes = registry.gauge(
+            "inflight_bytes", "bytes of unsettled batches held, of max_inflight_bytes",
+            inflight_bytes)
+        self.budget_waiting = registry.gauge(
+            "budget_waiting", "connections not read because max_inflight_bytes is reached",
+            budget_waiting)
         self.broker_up = registry.gauge("broker_up", "1 when the RabbitMQ link is up",
                                         lambda: int(broker_up()))
         self.confirm_latency = registry.histogram(
