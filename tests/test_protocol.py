@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from sluice.errors import ProtocolError
 from sluice.protocol import (
+    DEFAULT_MAX_FRAME,
     HEADER_SIZE,
     Ack,
     Batch,
@@ -247,3 +248,45 @@ def test_bad_client_messages(message: dict[str, Any], code: str) -> None:
     with pytest.raises(ProtocolError) as info:
         parse_client(message)
     assert info.value.code == code
+
+
+_NESTED_PROBE = """
+import resource, sys
+from sluice.protocol import decode_body, parse_client
+count = int(sys.argv[1])
+head = b"\\x86\\xa4type\\xa5batch\\xa3seq\\x01\\xa4kind\\xa1k\\xa5count\\x00\\xa7payload\\xc4\\x00"
+body = head + b"\\xa5extra\\xdd" + count.to_bytes(4, "big") + b"\\x80" * count
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+message = decode_body(body)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert "extra" not in message and parse_client(message).seq == 1, message
+print((after - before) * 1024, len(body))
+"""
+
+
+def test_unknown_keys_are_skipped_without_building_their_values() -> None:
+    """4 MiB of nested empty maps under an unknown key would be four million dicts (about
+    300 MB, measured with msgpack.unpackb); skipped unread, decoding costs about the
+    frame's own size. Measured as peak RSS in a fresh interpreter (tracemalloc misses
+    msgpack's dicts)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _NESTED_PROBE, str(DEFAULT_MAX_FRAME - 64)],
+                         capture_output=True, text=True, check=True).stdout
+    grew, size = map(int, out.split())
+    assert grew < 4 * size, f"decoding a {size}-byte frame grew the peak RSS by {grew} bytes"
+
+
+def test_a_map_where_a_scalar_belongs_is_not_built() -> None:
+    body = msgpack.packb({"type": "batch", "seq": {"a": [{}] * 5}, "kind": "k", "count": 0,
+                          "payload": b""})
+    with pytest.raises(ProtocolError) as info:
+        parse_client(decode_body(body))
+    assert info.value.code == ErrorCode.BAD_MESSAGE
+    assert "seq" in info.value.message
+
+
+def test_a_small_pings_nested_nonce_is_echoed() -> None:
+    nonce = {"a": [1, {"b": None}]}
+    assert parse_client(decode_body(msgpack.packb({"type": "ping", "nonce": nonce}))) == Ping(nonce)
