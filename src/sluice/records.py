@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RecordError
+from .timestamps import MAX_TS, MS_PER_DAY
 
 __all__ = [
     "MAX_TAGS",
@@ -40,14 +41,12 @@ __all__ = [
 MEASUREMENT_KIND = "measurement"
 _REQUIRED = ("id", "sensor", "metric", "value", "ts")
 _KNOWN = frozenset((*_REQUIRED, "unit", "tags"))
-_MAX_TS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last instant a date field holds
 #: tags are mapped one keyword field each: these caps bound the mapping's growth
 MAX_TAGS = 32
 MAX_TAG_KEY = 64
 MAX_TAG_VALUE = 256
 #: the dead-letter reason of a record whose ts is outside the window
 TS_OUT_OF_RANGE = "ts_out_of_range"
-_MS_PER_DAY = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,8 @@ class TsWindow:
 
     def bounds(self, now_ms: int) -> tuple[int, int]:
         """The accepted ``ts`` range, both ends included, at ``now_ms``."""
-        low = now_ms - int(self.max_age_days * _MS_PER_DAY) if self.max_age_days else 0
-        high = now_ms + int(self.max_ahead_days * _MS_PER_DAY) if self.max_ahead_days else _MAX_TS
+        low = now_ms - int(self.max_age_days * MS_PER_DAY) if self.max_age_days else 0
+        high = now_ms + int(self.max_ahead_days * MS_PER_DAY) if self.max_ahead_days else MAX_TS
         return low, high
 
     @staticmethod
@@ -111,7 +110,7 @@ def validate_measurement(record: Any) -> dict[str, Any]:
         raise RecordError("bad_value", "value must be finite")
     out["value"] = value
     ts = record["ts"]
-    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= _MAX_TS:
+    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= MAX_TS:
         raise RecordError("bad_ts", "ts must be an integer of Unix epoch milliseconds")
     out["ts"] = ts
     if "unit" in record:
