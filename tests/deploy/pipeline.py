@@ -68,6 +68,7 @@ class Pipeline:
         self.http_port = int(env["SLUICE_HTTP_PORT"])
         self.es_port = int(env["SLUICE_ES_PORT"])
         self.ingest_port = int(env["SLUICE_INGEST_PORT"])
+        self.project = env.get("COMPOSE_PROJECT_NAME", PROJECT)
 
     # -- commands -------------------------------------------------------------------------
     def run(self, *args: str, timeout: float = 600, check: bool = True) -> str:
@@ -97,7 +98,7 @@ class Pipeline:
     def containers(self, service: str, *, running: bool = True, one_off: bool = False) -> list[str]:
         args = [
             "docker", "ps", "-q", "--no-trunc",
-            "--filter", f"label=com.docker.compose.project={PROJECT}",
+            "--filter", f"label=com.docker.compose.project={self.project}",
             "--filter", f"label=com.docker.compose.service={service}",
             "--filter", f"label=com.docker.compose.oneoff={'True' if one_off else 'False'}",
         ]

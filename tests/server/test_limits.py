@@ -47,18 +47,25 @@ async def test_the_byte_budget_holds_every_connection_back_until_confirms_free_i
     server = await start_server(amqp_url=private_rabbitmq.url, max_frame=MIB + 1024,
                                 max_inflight=64, max_inflight_bytes=3 * MIB + MIB // 2,
                                 idle_timeout=1.0)
+    block_publishers(private_rabbitmq)  # first: it takes longer than idle_timeout
     conns = [await connect(clients, server, f"c{i}") for i in range(4)]
-    block_publishers(private_rabbitmq)
     payload = b"\x00" * MIB
     for client in conns:
         for seq in range(4):
             client.batch(seq, payload)
-    await poll(lambda: server.metrics.batches.value() == 3)
+    def state() -> tuple[int, int, int, int]:
+        return (server.budget.waiting, server.publisher.inflight, server.budget.used,
+                server.connections)
+
+    # every connection ends up waiting for bytes, three batches in flight between them
+    deadline = asyncio.get_running_loop().time() + 60
+    while state()[:2] != (4, 3):
+        assert asyncio.get_running_loop().time() < deadline, state()
+        await asyncio.sleep(0.05)
     await asyncio.sleep(1.5)  # past idle_timeout: time to misbehave, not a timing check
-    assert server.metrics.batches.value() == 3
-    assert server.budget.used <= server.settings.max_inflight_bytes
-    assert server.budget.waiting == 4  # every connection waits: none was closed as idle
-    assert server.connections == 4
+    waiting, inflight, used, connections = state()
+    assert (waiting, inflight, connections) == (4, 3, 4), state()  # none closed as idle
+    assert used <= server.settings.max_inflight_bytes
 
     unblock_publishers(private_rabbitmq)
     for client in conns:
