@@ -15,12 +15,15 @@ the second attempt into harmless 409s. Prefetch bounds what is in memory: while
 Elasticsearch is down the bulks retry and no new messages arrive.
 
 RabbitMQ's prefetch counts messages only (it does not implement a size), so the bytes are
-bounded here: once the bodies held unacked reach ``prefetch_bytes``, or ``concurrency``
-sealed bulks wait for a flusher, the consumers are cancelled, and they consume again once
-the held bytes are down to half and a flusher is free. Deliveries already on the wire
-still arrive (at most ``prefetch`` messages per queue), so memory stays within
-``prefetch_bytes`` plus that much, and the sealed-bulk queue within ``concurrency`` plus
-what those deliveries fill.
+bounded here, two ways. The prefetch count given to RabbitMQ is ``prefetch_bytes`` over
+the average message size seen (over the largest possible message, ``DEFAULT_MAX_FRAME``,
+until one is seen), never more than ``prefetch``; the consumers are re-made when that
+number moves by a factor of two. And once the bodies held unacked reach ``prefetch_bytes``,
+or ``concurrency`` sealed bulks wait for a flusher, the consumers are cancelled; they
+consume again once the held bytes are down to half and a flusher is free. Deliveries
+already on the wire still arrive, at most one prefetch window, so the bodies held stay
+within about twice ``prefetch_bytes``, and the sealed-bulk queue within ``concurrency``
+plus what one window fills.
 
 Acks go on the channel the message came in on. When that channel is gone, RabbitMQ has
 already requeued the message, so the delivery is dropped without an ack.
@@ -41,6 +44,7 @@ from ..amqp import BrokerLink
 from ..errors import BrokerUnavailable, PublishRejected, StoreUnavailable
 from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
+from ..protocol import DEFAULT_MAX_FRAME
 from ..topology import Topology
 from .deadevents import DeadLetterEvents
 from .deadletter import DeadLetter, DeadLetterPublisher
@@ -88,6 +92,9 @@ class Worker:
         #: consumers cancelled because held_bytes or the sealed bulks reached their bound
         self.paused = False
         self._flow = asyncio.Event()
+        #: prefetch count given to RabbitMQ for the current consumers; average body size
+        self._qos = 0
+        self._avg_body = 0.0
         self._bulk_size = bulk_size
         self._bulk_max_bytes = bulk_max_bytes
         self._linger = bulk_linger
@@ -180,13 +187,21 @@ class Worker:
 
     async def _setup(self, channel: AbstractChannel) -> None:
         await self._topology.declare(channel, self._kinds)
-        await channel.basic_qos(prefetch_count=self._prefetch)
         self._consumers = {}
         self._metrics.broker_up.set(1)
         if self._consuming and not self.paused:
             await self._consume(channel)
 
+    def _wanted_qos(self) -> int:
+        size = self._avg_body or DEFAULT_MAX_FRAME
+        return max(1, min(self._prefetch, int(self._prefetch_bytes // size)))
+
+    def _qos_fits(self) -> bool:
+        return self._qos // 2 < self._wanted_qos() < self._qos * 2
+
     async def _consume(self, channel: AbstractChannel) -> None:
+        self._qos = self._wanted_qos()
+        await channel.basic_qos(prefetch_count=self._qos)
         for kind in self._kinds:
             ok = await channel.basic_consume(
                 self._topology.raw_queue(kind), functools.partial(self._on_message, kind),
@@ -195,7 +210,7 @@ class Worker:
             assert ok.consumer_tag is not None
             self._consumers[ok.consumer_tag] = kind
         log.info("consuming", queues=[self._topology.raw_queue(k) for k in self._kinds],
-                 prefetch=self._prefetch)
+                 prefetch=self._qos)
 
     def _on_lost(self, exc: BaseException) -> None:
         # Unacked messages of the lost channel are back in the queue; batched ones are
@@ -213,7 +228,9 @@ class Worker:
         metrics.messages_in.inc(1, kind)
         metrics.records_in.inc(delivery.count, kind)
         metrics.inflight.inc()
-        self.held_bytes += len(delivery.body)
+        size = len(delivery.body)
+        self.held_bytes += size
+        self._avg_body = size if not self._avg_body else 0.9 * self._avg_body + 0.1 * size
         if not self._batch:
             self._timer = asyncio.get_running_loop().call_later(self._linger, self._seal)
         self._batch.append(delivery)
@@ -244,6 +261,8 @@ class Worker:
         elif self.paused and not full and self.held_bytes <= self._prefetch_bytes // 2:
             self.paused = False
             self._flow.set()
+        elif not self.paused and self._consumers and not self._qos_fits():
+            self._flow.set()  # re-made with a prefetch count that fits the message size
 
     async def _flow_loop(self) -> None:
         """Cancel the consumers while paused, consume again when not: one task does both,
@@ -260,7 +279,11 @@ class Worker:
                              sealed=self._sealed.qsize())
                     await self._cancel_each(channel, list(self._consumers))
                     self._consumers.clear()
-                elif not self.paused and not self._consumers and self._consuming:
+                elif not self.paused and self._consuming:
+                    if self._consumers and self._qos_fits():
+                        continue
+                    await self._cancel_each(channel, list(self._consumers))
+                    self._consumers.clear()
                     await self._consume(channel)
             except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError) as exc:
                 # The link is going down; its setup will consume (or not) on reconnect.
