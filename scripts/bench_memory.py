@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 
@@ -45,7 +46,9 @@ from sluice.protocol import DEFAULT_MAX_FRAME, encode, encode_batch  # noqa: E40
 
 MIB = 1 << 20
 READER_BUFFERS = 128 * 1024  # per connection: the stream reader pauses past 2 x 64 KiB
-CHUNK = 64 * 1024
+#: frames are written in pieces of this size, each drained: at most one piece per
+#: connection waits in this process
+CHUNK = 1024 * 1024
 
 
 def free_port() -> int:
@@ -106,6 +109,17 @@ def private_broker() -> Iterator[Broker]:
         with contextlib.suppress(subprocess.SubprocessError):
             broker.ctl("stop", timeout=60)
         shutil.rmtree(broker.base, ignore_errors=True)
+
+
+def server_metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("sluice_server_") and value:
+            out[name] = float(value)
+    return out
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -180,6 +194,7 @@ async def run(args: argparse.Namespace, broker: Broker) -> int:
         await asyncio.gather(*(flood(port, i, body, until, sent)
                                for i in range(args.connections)))
         peak_kib = status_kib(server.pid, "VmHWM")
+        metrics = await asyncio.to_thread(server_metrics, http_port)
     finally:
         server.terminate()
         try:
@@ -195,6 +210,10 @@ async def run(args: argparse.Namespace, broker: Broker) -> int:
           f"byte frames for {args.seconds:g} s against a broker under a memory alarm")
     print(f"whole frames written (into kernel buffers or read by the server): {sum(sent)} "
           f"= {offered / MIB:.0f} MiB")
+    print(f"server side: {metrics.get('sluice_server_batches_total', 0):.0f} batches read, "
+          f"{metrics.get('sluice_server_inflight_bytes', 0) / MIB:.1f} MiB held, "
+          f"{metrics.get('sluice_server_budget_waiting', 0):.0f} connections waiting for "
+          "the budget")
     print(f"budget (--max-inflight-bytes) {budget / MIB:.1f} MiB")
     print(f"stated overhead              {overhead / MIB:.1f} MiB = idle RSS "
           f"{idle_kib / 1024:.1f} MiB + {args.connections} x 128 KiB reader buffers + one "
@@ -211,7 +230,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--budget-mib", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
     with private_broker() as broker:
         return asyncio.run(run(args, broker))
