@@ -20,7 +20,8 @@ environment notes; it is the slowest stage by far). 1,000,000 records are about 
 indexing, plus about 90 s of outages (RabbitMQ restart, 30 s pause, restarts after the
 kills) and about 3 minutes of start-up and checks: about 10 minutes, inside CI's 15. So the
 full million fits, and it is the default; ``SLUICE_CHAOS_COUNT`` lowers it for a quick local
-run (the checks are the same).
+run, with ``SLUICE_CHAOS_RATE`` (records/s per client) low enough that the faults still
+land mid-stream (the checks are the same).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ CHAOS_COUNT = int(os.environ.get("SLUICE_CHAOS_COUNT", "1000000"))
 CLIENTS = 2
 #: records/s per client: together above the store's ~3,000/s, so the queue takes the rest
 #: and every fault hits a full pipeline
-RATE = 2500
+RATE = int(os.environ.get("SLUICE_CHAOS_RATE", "2500"))
 SENSORS = 100
 SEED = 11
 STORE_PAUSE = 30.0
