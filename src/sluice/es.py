@@ -25,7 +25,7 @@ from typing import Any, Union
 
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
-from .errors import IndexingError, StoreUnavailable
+from .storeerrors import store_error
 
 __all__ = [
     "DEAD_KIND",
@@ -73,9 +73,6 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 # so that ``<prefix>-<kind>-*`` can never match another kind's indices.
 _PREFIX_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]*\Z")
 _KIND_RE = re.compile(r"[a-z0-9][a-z0-9_]*\Z")
-
-# Statuses after which the same request may succeed later.
-_RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 Hosts = Union[str, Sequence[str]]
 
@@ -202,20 +199,3 @@ def index_pattern(prefix: str = DEFAULT_PREFIX, kind: str = "*") -> str:
     if kind != "*":
         _check_kind(kind)
     return f"{prefix}-{kind}-*"
-
-
-def store_error(exc: Exception, context: str = "Elasticsearch request failed") -> IndexingError:
-    """Classify an elasticsearch-py error: ``StoreUnavailable`` when retrying later may
-    work (no connection, timeout, 408/429/5xx), ``IndexingError`` otherwise.
-
-    The caller raises the result ``from exc``.
-    """
-    if isinstance(exc, ApiError):
-        status = exc.meta.status
-        message = f"{context}: {status} {exc.message}"
-        if status in _RETRYABLE_STATUSES or status >= 500:
-            return StoreUnavailable(message)
-        return IndexingError(message)
-    if isinstance(exc, TransportError):
-        return StoreUnavailable(f"{context}: {exc.message}")
-    return IndexingError(f"{context}: {exc!r}")
