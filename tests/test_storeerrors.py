@@ -70,7 +70,9 @@ def test_item_fault_names_the_reason_and_keeps_the_cause() -> None:
         "caused_by": {"type": "number_format_exception", "reason": 'For input string: "warm"'},
     })
     assert (fault.transient, fault.reason) == (False, "es_mapper_parsing_exception")
-    assert fault.detail == '400 failed to parse field [value]: For input string: "warm"'
+    assert fault.detail == (
+        '400 mapper_parsing_exception: failed to parse field [value]: For input string: "warm"'
+    )
     shard = item_fault(400, {"type": "validation_exception", "reason": SHARDS})
     assert shard.transient and shard.reason == "es_validation_exception"
     assert item_fault(400, "plain text").reason == "es_400"

@@ -160,7 +160,8 @@ def item_fault(status: int, error: Any) -> Fault:
     """Judge one bulk item that was neither stored nor a duplicate (``error`` is the
     item's ``error`` value, a mapping or a string)."""
     error_type, text = _parts(error)
-    detail = f"{status} {text or error_type or 'refused'}"[:2000]
+    named = f"{error_type}: {text}" if error_type and text != error_type else text
+    detail = f"{status} {named or 'refused'}"[:2000]
     return Fault(classify(status, error_type, text), status, error_type, detail)
 
 
@@ -170,7 +171,8 @@ def request_fault(exc: Exception, context: str, *, writing: bool = True) -> Faul
         status = exc.meta.status if isinstance(exc.meta.status, int) else 0
         error_type, text = _parts(exc.body)
         text = text or str(exc.message)
-        detail = f"{context}: {status} {text}"[:2000]
+        named = f"{error_type}: {text}" if error_type and text != error_type else text
+        detail = f"{context}: {status} {named}"[:2000]
         return Fault(classify(status, error_type, text, writing=writing), status, error_type, detail)
     if isinstance(exc, TransportError):
         return Fault(True, 0, "", f"{context}: {exc.message}"[:2000])
