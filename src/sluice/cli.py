@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "parser": "sluice.parser.main",
     "api": "sluice.api.main",
     "deadletters": "sluice.deadletters.main",
+    "retention": "sluice.retention",
 }
 
 

@@ -118,6 +118,11 @@ class Fault:
     detail: str
 
     @property
+    def unreachable(self) -> bool:
+        """No answer, or an answer that says "overloaded": nothing was decided yet."""
+        return self.status <= 0 or self.status in (408, 429) or self.status >= 500
+
+    @property
     def reason(self) -> str:
         """The dead-letter reason: ``es_<type>``, or ``es_<status>`` without a type."""
         return f"es_{self.type}" if self.type else f"es_{self.status}"

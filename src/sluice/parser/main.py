@@ -189,7 +189,9 @@ async def _install_template(
     backoff = Backoff(base=0.5, cap=10.0, floor=0.1)
     while not stop.is_set():
         try:
-            await ensure_template(probe.client, settings.index_prefix)
+            await ensure_template(
+                probe.client, settings.index_prefix, retention_days=settings.retention_days
+            )
         except StoreUnavailable as exc:
             probe.mark(False)
             log.warning("template_install_waiting", error=str(exc))
