@@ -71,7 +71,8 @@ def _index(prefix: str, kind: str, day: dt.date) -> str:
 
 
 async def _names(es: AsyncElasticsearch, prefix: str) -> set[str]:
-    found = await es.indices.get(index=f"{prefix}-*", allow_no_indices=True)
+    found = await es.indices.get(index=f"{prefix}-*", allow_no_indices=True,
+                                 expand_wildcards="open,closed")
     return set(found.body)
 
 
@@ -97,6 +98,8 @@ async def test_sluice_retention_deletes_only_expired_daily_indices(
             _index(p, "other", _day(9))}
     for name in kept | gone:
         await es.index(index=name, document={"id": name, "value": 1.0}, refresh=True)
+    closed = _index(p, "other", _day(9))
+    await es.indices.close(index=closed)  # closing an index does not exempt it
     assert await _names(es, p) == kept | gone
     proc = _retention(es_url, p, "--retention-days", "7")
     out, _ = proc.communicate(timeout=60)

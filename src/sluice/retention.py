@@ -44,6 +44,8 @@ HELP = (
 log = get_logger(__name__)
 
 _DELETE_CHUNK = 50  # names per DELETE request: keeps the URL short
+# With --every, a failed run is tried again this soon rather than a whole period later.
+_RETRY_AFTER_FAILURE = 300.0
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,10 @@ def expired(names: Iterable[str], prefix: str, retention_days: int, today: dt.da
 
 
 async def _index_names(client: AsyncElasticsearch, prefix: str) -> list[str]:
+    # Closed indices too: closing one does not exempt it from retention.
     found = await client.indices.get(
         index=index_pattern(prefix), allow_no_indices=True, ignore_unavailable=True,
+        expand_wildcards="open,closed",
     )
     return list(found.body)
 
@@ -131,9 +135,9 @@ async def _run(settings: RetentionSettings) -> int:
                 status = 1
             if not settings.every:
                 return status
-            # A failed run is tried again at the next one: deleting a day late is harmless.
+            pause = settings.every if status == 0 else min(settings.every, _RETRY_AFTER_FAILURE)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), settings.every)
+                await asyncio.wait_for(stop.wait(), pause)
             if stop.is_set():
                 return 0
     finally:
