@@ -30,6 +30,7 @@ from .errors import ConfigError, IndexingError
 from .es import index_pattern, make_client
 from .lifecycle import run_service, stop_on_signals
 from .logs import configure_logging, get_logger
+from .protocol import KIND_PATTERN
 from .settings import StoreSettings, describe, load, option
 from .settings import add_arguments as add_settings_arguments
 from .storeerrors import store_error
@@ -65,7 +66,9 @@ def expired(names: Iterable[str], prefix: str, retention_days: int, today: dt.da
     days before ``today``; nothing when ``retention_days`` is 0."""
     if retention_days <= 0:
         return []
-    shape = re.compile(re.escape(prefix) + r"-[a-z0-9][a-z0-9_]*-(\d{4})\.(\d{2})\.(\d{2})\Z")
+    shape = re.compile(
+        re.escape(prefix) + f"-(?:{KIND_PATTERN.pattern})" + r"-(\d{4})\.(\d{2})\.(\d{2})\Z"
+    )
     oldest_kept = today - dt.timedelta(days=retention_days)
     out = []
     for name in names:
