@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+import aiormq
+
 from ..errors import BrokerUnavailable, ConfigError
 from ..logs import configure_logging
 from ..settings import BrokerSettings, load, option
@@ -87,8 +89,9 @@ def main(args: argparse.Namespace) -> int:
     topology = Topology(settings.namespace, delivery_limit=settings.delivery_limit)
     try:
         return asyncio.run(_run(args, settings.amqp_url, topology, kinds))
-    except BrokerUnavailable as exc:
-        print(f"sluice deadletters: {exc}", file=sys.stderr)
+    except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        # Letters taken but not yet answered go back to their queue with the connection.
+        print(f"sluice deadletters: {exc!r}", file=sys.stderr)
         return 1
 
 
