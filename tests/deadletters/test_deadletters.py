@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import aiormq
+import msgpack
 import pytest
 
 from sluice.es import ensure_template, index_name, make_client
@@ -189,3 +190,45 @@ async def test_a_replay_that_rabbitmq_refuses_keeps_every_letter_queued(
     assert sorted(letter["records"][0]["id"] for letter in shown) == sorted(
         r["id"] for r in records)
     assert {letter["reason"] for letter in shown} == {"es_retry_exhausted"}
+
+
+async def test_a_batch_rabbitmq_dead_lettered_itself_is_listed_and_replayed_whole(
+    amqp_url: str, namespace: str
+) -> None:
+    """A raw message past the queue's delivery limit is dead-lettered by RabbitMQ (no
+    x-sluice-reason): listed as rabbitmq_delivery_limit, and replayed as the whole batch."""
+    topology = Topology(namespace, delivery_limit=1)
+    records = make_records(3)
+    connection = await aiormq.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await topology.declare(channel, [KIND])
+        await channel.basic_publish(
+            msgpack.packb(records), exchange=topology.exchange,
+            routing_key=topology.routing_key(KIND),
+            properties=aiormq.spec.Basic.Properties(delivery_mode=2, message_id="c:1"),
+        )
+
+        async def dead_lettered() -> bool:
+            message = await channel.basic_get(topology.raw_queue(KIND), no_ack=False)
+            if message.delivery_tag is not None:
+                await channel.basic_nack(message.delivery_tag, requeue=True)
+            return await queue_depth(amqp_url, topology.dead_queue(KIND)) == 1
+
+        await wait_until(dead_lettered, 30, "RabbitMQ to dead-letter the message")
+    finally:
+        await connection.close()
+
+    (listed,) = await deadletters(amqp_url, namespace, "list")
+    assert listed["by_reason"] == {"rabbitmq_delivery_limit": 1}
+    report = await deadletters(amqp_url, namespace, "replay", "--kind", KIND,
+                               "--reason", "rabbitmq_delivery_limit")
+    assert (report["replayed_letters"], report["replayed_records"]) == (1, 3)
+    assert await queue_depth(amqp_url, topology.dead_queue(KIND)) == 0
+    connection = await aiormq.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        message = await channel.basic_get(topology.raw_queue(KIND), no_ack=True)
+    finally:
+        await connection.close()
+    assert msgpack.unpackb(message.body) == records
