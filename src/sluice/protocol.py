@@ -14,8 +14,8 @@ import asyncio
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
 
 import msgpack
 
@@ -23,8 +23,10 @@ from .errors import ProtocolError
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "FORBIDDEN",
     "HEADER_SIZE",
     "KIND_PATTERN",
+    "MAX_TOKEN_CHARS",
     "PROTOCOL_VERSION",
     "Ack",
     "Batch",
@@ -67,6 +69,14 @@ class ErrorCode:
     TOO_MANY_CONNECTIONS = "too_many_connections"
     SHUTTING_DOWN = "shutting_down"
     DUPLICATE_SEQ = "duplicate_seq"
+    #: the server requires authentication and hello's token is missing, unknown or revoked
+    AUTH_FAILED = "auth_failed"
+
+
+#: nack code: the authenticated client may not send batches of this kind
+FORBIDDEN = "forbidden"
+#: longest hello.token accepted (tokens from ``sluice token new`` have 43 characters)
+MAX_TOKEN_CHARS = 512
 
 
 # -- messages ---------------------------------------------------------------------------
@@ -76,9 +86,14 @@ class ErrorCode:
 class Hello:
     client_id: str
     version: int = PROTOCOL_VERSION
+    #: optional credential (protocol revision 1.1); a v1 server without auth ignores it
+    token: Optional[str] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "hello", "version": self.version, "client_id": self.client_id}
+        out: dict[str, Any] = {"type": "hello", "version": self.version, "client_id": self.client_id}
+        if self.token is not None:
+            out["token"] = self.token
+        return out
 
 
 @dataclass(frozen=True)
@@ -285,6 +300,15 @@ def _str(msg: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def _token(msg: Mapping[str, Any]) -> Optional[str]:
+    if msg.get("token") is None:
+        return None
+    token = _str(msg, "token")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"hello.token must be at most {MAX_TOKEN_CHARS} characters")
+    return token
+
+
 def parse_client(msg: Mapping[str, Any]) -> ClientMessage:
     """A decoded map from a client as a typed message; raises ProtocolError."""
     kind = msg["type"]
@@ -304,7 +328,7 @@ def parse_client(msg: Mapping[str, Any]) -> ClientMessage:
         client_id = _str(msg, "client_id")
         if not 1 <= len(client_id) <= 128:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello.client_id must be 1 to 128 characters")
-        return Hello(client_id=client_id, version=version)
+        return Hello(client_id=client_id, version=version, token=_token(msg))
     if kind == "ping":
         return Ping(nonce=msg.get("nonce"))
     if kind == "bye":

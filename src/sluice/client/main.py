@@ -7,12 +7,14 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import tls
 from ..errors import ConfigError
 from ..logs import configure_logging, get_logger
 from ..protocol import KIND_PATTERN
 from ..records import MEASUREMENT_KIND
 from ..settings import CommonSettings, describe, load, option
 from ..settings import add_arguments as add_settings_arguments
+from .security import Credentials
 
 __all__ = ["HELP", "ClientSettings", "add_arguments", "main", "parse_target"]
 
@@ -23,7 +25,8 @@ HELP = (
     "reporting invalid lines. Every batch is kept until acked and resent after a nack or a "
     "broken connection. Exit status: 0 all acked, 1 some record not acked, 3 all valid "
     "records acked but some input lines were invalid, 4 the input could not be read to its "
-    "end (source_error in the summary)."
+    "end (source_error in the summary), 5 the server refused this client for good: TLS "
+    "verification or authentication failed (fatal_error in the summary; not retried)."
 )
 
 log = get_logger(__name__)
@@ -63,6 +66,17 @@ class ClientSettings(CommonSettings):
                                          "first send, before giving it up as failed; 0 = never")
     drain_timeout: float = option(30.0, "on SIGINT/SIGTERM, seconds to wait for acks still owed")
     json: bool = option(False, "print the final summary as one JSON object on stdout")
+    # -- security (docs/security.md) --
+    tls: bool = option(False, "connect with TLS, verifying the server's certificate")
+    ca_file: str = option("", "CA (PEM) to verify the server with, instead of the system's "
+                              "(implies --tls)", metavar="PATH")
+    cert: str = option("", "client certificate (PEM) for servers that require one (implies --tls)",
+                       metavar="PATH")
+    key: str = option("", "private key of --cert (PEM)", metavar="PATH")
+    server_name: str = option("", "name the server's certificate must carry (default: the "
+                                  "--target host)")
+    token: str = option("", "token sent in hello to servers that require one (prefer "
+                            "SLUICE_TOKEN_FILE: a flag shows in the process list)", secret=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,6 +91,15 @@ class ClientSettings(CommonSettings):
             raise ConfigError(f"kind must match [a-z0-9_.-]{{1,64}}, not {self.kind!r}")
         if not self.file and self.kind != MEASUREMENT_KIND:
             raise ConfigError("the generator makes measurement records; other kinds need --file")
+        if self.key and not self.cert:
+            raise ConfigError("--key needs --cert")
+        if self.ca_file or self.cert or self.server_name:
+            object.__setattr__(self, "tls", True)
+
+    def credentials(self) -> Credentials:
+        """How each stream connects and authenticates; loads the TLS files (ConfigError)."""
+        context = tls.client_context(self.ca_file, self.cert, self.key) if self.tls else None
+        return Credentials(context, self.server_name or None, self.token or None)
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -20,6 +20,7 @@ __all__ = [
     "EXIT_INVALID_INPUT",
     "EXIT_NOT_ACKED",
     "EXIT_OK",
+    "EXIT_REFUSED",
     "EXIT_SOURCE_ERROR",
     "Stats",
     "Summary",
@@ -36,6 +37,8 @@ EXIT_NOT_ACKED = 1
 EXIT_INVALID_INPUT = 3
 #: the input source failed (an unreadable file, a read error): the input was not all sent
 EXIT_SOURCE_ERROR = 4
+#: the server refused this client for good: TLS verification or authentication failed
+EXIT_REFUSED = 5
 
 #: line numbers of rejected input kept for the summary (the log has every one)
 MAX_INVALID_LINES = 100
@@ -58,6 +61,7 @@ class Stats:
         self.invalid_lines: list[int] = []
         self.reconnects = 0
         self.source_error: Optional[str] = None  # why the source stopped before its input ended
+        self.fatal_error: Optional[str] = None   # TLS or authentication failure: not retried
         # seconds from a batch's last send to its ack; the most recent ones, so that a client
         # streaming for days does not grow without bound
         self.latencies: deque[float] = deque(maxlen=MAX_LATENCIES)
@@ -99,6 +103,7 @@ class Summary:
     seed: Optional[int] = None
     invalid_lines: list[int] = field(default_factory=list)
     source_error: Optional[str] = None
+    fatal_error: Optional[str] = None
 
     @classmethod
     def of(cls, stats: Stats, target: str, connections: int, seed: Optional[int]) -> Summary:
@@ -113,7 +118,7 @@ class Summary:
             ack_latency_p50_ms=round(percentile(stats.latencies, 0.50) * 1000, 3),
             ack_latency_p99_ms=round(percentile(stats.latencies, 0.99) * 1000, 3),
             reconnects=stats.reconnects, seed=seed, invalid_lines=list(stats.invalid_lines),
-            source_error=stats.source_error,
+            source_error=stats.source_error, fatal_error=stats.fatal_error,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +129,8 @@ class Summary:
 
 
 def exit_status(summary: Summary) -> int:
+    if summary.fatal_error is not None:
+        return EXIT_REFUSED
     if summary.source_error is not None:
         return EXIT_SOURCE_ERROR
     if summary.failed > 0:
@@ -153,6 +160,8 @@ def render_text(summary: Summary) -> str:
         lines.append(f"seed          {summary.seed}")
     if summary.source_error is not None:
         lines.append(f"source error  {summary.source_error} (input not read to its end)")
+    if summary.fatal_error is not None:
+        lines.append(f"refused       {summary.fatal_error} (not retried)")
     return "\n".join(lines)
 
 

@@ -62,6 +62,7 @@ async def run(settings: ClientSettings, *, stop: Optional[asyncio.Event] = None,
     stats = Stats()
     source, seed = build_source(settings, stats)
     host, port = settings.host_port
+    credentials = settings.credentials()
     # A few batches per connection queued ahead keeps every pipe full without hoarding.
     feed = Feed(maxsize=4 * settings.connections)
     stop = stop or asyncio.Event()
@@ -72,7 +73,7 @@ async def run(settings: ClientSettings, *, stop: Optional[asyncio.Event] = None,
     token = os.urandom(3).hex()
     streams = [
         Stream(i, host, port, f"{instance}-{token}-{i}", feed, stats, max_tries=settings.max_tries,
-               give_up_after=settings.give_up_after)
+               give_up_after=settings.give_up_after, credentials=credentials)
         for i in range(settings.connections)
     ]
     owner = TaskOwner("client")
@@ -86,6 +87,16 @@ async def run(settings: ClientSettings, *, stop: Optional[asyncio.Event] = None,
         while running:
             done, _ = await asyncio.wait(running | {stopping}, return_when=asyncio.FIRST_COMPLETED)
             running -= done
+            fatal = next((s.fatal for s in streams if s.fatal), None)
+            if fatal is not None:
+                # TLS or authentication refused: every stream would meet the same answer.
+                stats.fatal_error = fatal
+                for task in running:
+                    task.cancel()
+                if running:
+                    await asyncio.wait(running)
+                running = set()
+                break
             if stopping in done:
                 log.info("client_stopping", drain_timeout=settings.drain_timeout,
                          in_flight_records=stats.inflight)

@@ -29,6 +29,7 @@ from ..errors import ProtocolError
 from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
 from ..protocol import (
+    FORBIDDEN,
     HEADER_SIZE,
     Batch,
     Bye,
@@ -42,6 +43,7 @@ from ..protocol import (
     parse_client,
     read_frame,
 )
+from .access import Grant, IngestAccess
 from .metrics import ServerMetrics
 from .publisher import UNAVAILABLE, Publication, Publisher
 from .streams import close_stream, close_with_error
@@ -79,6 +81,8 @@ class ConnectionContext:
     publisher: Publisher
     metrics: ServerMetrics
     rejections: RateLimitedLog
+    #: authentication and per-kind authorization; None = open (no token, no client cert)
+    access: Optional[IngestAccess] = None
 
 
 class Connection:
@@ -105,6 +109,7 @@ class Connection:
         # set once the last frame (error or not) is written: nothing may follow it
         self._sealed = False
         self.client_id = ""
+        self._grant: Optional[Grant] = None
         self.peer: Any = writer.get_extra_info("peername")
 
     @property
@@ -265,6 +270,7 @@ class Connection:
                                 f"hello.client_id must be at most {MAX_CLIENT_ID_BYTES} bytes "
                                 "in UTF-8")
         self.client_id = message.client_id
+        self._admit(message)
         self._writer.write(self._ctx.welcome)
 
         max_inflight = self._ctx.max_inflight
@@ -276,7 +282,9 @@ class Connection:
             if message is None:
                 return
             kind = type(message)
-            if kind is Batch:
+            if kind is Batch and self._grant is not None and not self._grant.allows(message.kind):
+                self._forbid(message)
+            elif kind is Batch:
                 # At the limit this one batch is held, and nothing more is read, until a
                 # slot frees; pings, bye and end of stream are still seen before that.
                 while len(self._pending) >= max_inflight:
@@ -289,6 +297,23 @@ class Connection:
                 return
             else:
                 raise ProtocolError(ErrorCode.UNEXPECTED_TYPE, "hello may be sent only once")
+
+    def _admit(self, hello: Hello) -> None:
+        access = self._ctx.access
+        if access is not None:
+            self._grant = access.admit(hello.token, self._writer.get_extra_info("peercert"))
+            if self._grant is not None:
+                log.debug("client_admitted", peer=str(self.peer), client_id=self.client_id,
+                          principal=self._grant.principal.name)
+
+    def _forbid(self, batch: Batch) -> None:
+        assert self._grant is not None
+        self._ctx.rejections.warning(
+            FORBIDDEN, "batch_forbidden", principal=self._grant.principal.name, kind=batch.kind,
+            client_id=self.client_id, peer=str(self.peer),
+        )
+        self._send_nack(batch.seq, FORBIDDEN,
+                        f"{self._grant.principal.name} may not send records of kind {batch.kind!r}")
 
     def _batch(self, batch: Batch) -> None:
         seq = batch.seq
