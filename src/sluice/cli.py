@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "client": "sluice.client.main",
     "parser": "sluice.parser.main",
     "api": "sluice.api.main",
+    "token": "sluice.token_cmd",
 }
 
 

@@ -101,8 +101,34 @@ class BrokerSettings(CommonSettings):
 class StoreSettings(CommonSettings):
     """Settings of services that talk to Elasticsearch."""
 
-    es_url: str = option("http://localhost:9200", "Elasticsearch URL")
+    es_url: str = option("http://localhost:9200", "Elasticsearch URL (https:// for TLS)")
     index_prefix: str = option("sluice", "prefix of the index template and daily indices")
+    es_ca_file: str = option("", "CA (PEM) to verify Elasticsearch's certificate with "
+                                 "(default: the system's CAs)", metavar="PATH")
+    es_username: str = option("", "Elasticsearch user (basic authentication; with --es-password)")
+    es_password: str = option("", "password of --es-username", secret=True)
+    es_api_key: str = option("", "Elasticsearch API key (base64 'id:key' as Elasticsearch "
+                                 "returns it), instead of a user and password", secret=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.es_username) != bool(self.es_password):
+            raise ConfigError("--es-username and --es-password go together")
+        if self.es_api_key and self.es_username:
+            raise ConfigError("give either --es-api-key or --es-username/--es-password, not both")
+        if self.es_ca_file and not os.path.isfile(self.es_ca_file):
+            raise ConfigError(f"--es-ca-file {self.es_ca_file!r} is not a readable file")
+
+    def es_client_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``AsyncElasticsearch``: CA and credentials, as set."""
+        options: dict[str, Any] = {}
+        if self.es_ca_file:
+            options["ca_certs"] = self.es_ca_file
+        if self.es_username:
+            options["basic_auth"] = (self.es_username, self.es_password)
+        if self.es_api_key:
+            options["api_key"] = self.es_api_key
+        return options
 
 
 def env_name(field_name: str) -> str:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 
+from ..auth import TokenFile
 from ..backoff import Backoff
 from ..errors import IndexingError
 from ..es import ensure_template
@@ -25,6 +27,7 @@ from ..lifecycle import TaskOwner
 from ..logs import get_logger
 from ..metrics import Counter, Registry
 from ..topology import Topology
+from .auth import bearer_auth
 from .handlers import CONTEXT, ApiContext, add_routes
 from .openapi import openapi_document
 from .params import PLAIN, parse_query
@@ -186,15 +189,22 @@ def build_app(
     es_timeout: float = 10.0,
     install_template: bool = True,
     template_replicas: Optional[int] = None,
+    tokens: Optional[TokenFile] = None,
+    es_options: Optional[Mapping[str, Any]] = None,
 ) -> web.Application:
-    """The API application; its resources open on startup and close on cleanup."""
+    """The API application; its resources open on startup and close on cleanup. With
+    ``tokens``, requests need a bearer token with the read scope (see ``auth.py``)."""
     quiet_bad_request_logs()
     metrics = ApiMetrics()
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=64 * 1024)
+    middlewares: list[Middleware] = [_errors_and_metrics]
+    if tokens is not None:
+        middlewares.append(bearer_auth(tokens))
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[METRICS] = metrics
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = Store(es_url, index_prefix, kinds, timeout=es_timeout, latency=metrics.store_latency)
+        store = Store(es_url, index_prefix, kinds, timeout=es_timeout, latency=metrics.store_latency,
+                      es_options=es_options)
         inspector = QueueInspector(amqp_url) if amqp_url else None
         tasks = TaskOwner("api")
         app[CONTEXT] = ApiContext(store, inspector, Topology(namespace), tuple(kinds))

@@ -21,6 +21,8 @@ ERROR_CODES = (
     "store_unavailable",
     "store_error",
     "internal",
+    "unauthorized",
+    "forbidden",
 )
 
 

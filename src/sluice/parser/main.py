@@ -196,6 +196,7 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
     client = make_client(
         settings.es_url, max_retries=0, retry_on_timeout=False,
         request_timeout=settings.es_timeout, serializers=_fast_serializers(),
+        **settings.es_client_options(),
     )
     probe = StoreProbe(client, metrics)
     topology = Topology(settings.namespace, delivery_limit=settings.delivery_limit)
