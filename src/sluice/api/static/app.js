@@ -11,8 +11,33 @@
   const histogramHours = 6;
   let refreshes = 0;
 
-  async function api(path) {
-    const resp = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
+  // With API tokens on (docs/security.md) the page sends the token its user gave it: from
+  // the address's #token=... (a fragment never reaches a server or its logs), or asked for
+  // once after a 401; kept for this tab only.
+  function authHeaders() {
+    const fromHash = new URLSearchParams(window.location.hash.slice(1)).get("token");
+    if (fromHash) {
+      sessionStorage.setItem("sluiceToken", fromHash);
+      history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+    const token = sessionStorage.getItem("sluiceToken");
+    return token ? { Authorization: "Bearer " + token } : {};
+  }
+
+  function askForToken() {
+    const token = window.prompt("This sluice API needs a token (scope read):");
+    if (token) sessionStorage.setItem("sluiceToken", token.trim());
+    return Boolean(token);
+  }
+
+  async function api(path, retried) {
+    const headers = Object.assign({ Accept: "application/json" }, authHeaders());
+    const resp = await fetch(path, { headers: headers, cache: "no-store" });
+    // Requests run in parallel: only the first 401 asks; the others retry with its answer.
+    if (resp.status === 401 && !retried &&
+        (authHeaders().Authorization !== headers.Authorization || askForToken())) {
+      return api(path, true);
+    }
     let body = null;
     try { body = await resp.json(); } catch (e) { /* not JSON: reported below */ }
     if (!resp.ok) {
