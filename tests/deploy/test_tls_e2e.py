@@ -15,6 +15,7 @@ What it checks, each against something known independently of the pipeline's own
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -82,7 +83,8 @@ class TlsStack:
             with urllib.request.urlopen(request, timeout=30, context=self.tls()) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+            with exc:
+                return exc.code, exc.read().decode()
 
     def reader_token(self) -> str:
         return (self.secrets / "api-reader.token").read_text().strip()
@@ -191,8 +193,9 @@ def test_api_needs_a_token_and_https(stack: TlsStack) -> None:
 
     with pytest.raises(urllib.error.HTTPError) as redirect:
         urllib.request.build_opener(NoRedirect).open(request, timeout=30)
-    assert redirect.value.code == 301
-    assert redirect.value.headers["Location"] == f"https://localhost:{port}/api/v1/stats"
+    with redirect.value as response:
+        assert response.code == 301
+        assert response.headers["Location"] == f"https://localhost:{port}/api/v1/stats"
 
 
 def test_broker_and_store_connections_are_tls(stack: TlsStack) -> None:
@@ -213,6 +216,11 @@ def test_broker_and_store_connections_are_tls(stack: TlsStack) -> None:
                            capture_output=True, text=True, timeout=60).stdout
     assert "guest" not in users
     es_port = stack.port("SLUICE_ES_PORT")
-    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
-        urllib.request.urlopen(f"http://localhost:{es_port}/", timeout=15)
+    plain = http.client.HTTPConnection("localhost", es_port, timeout=15)
+    try:
+        plain.request("GET", "/")
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.getresponse()
+    finally:
+        plain.close()
     assert stack.https("/", port_name="SLUICE_ES_PORT")[0] == 401
