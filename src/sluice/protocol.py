@@ -23,7 +23,6 @@ from .errors import ProtocolError
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
-    "FORBIDDEN",
     "HEADER_SIZE",
     "KIND_PATTERN",
     "KIND_RULE",
@@ -86,9 +85,7 @@ class ErrorCode:
     AUTH_FAILED = "auth_failed"
 
 
-#: nack code: the authenticated client may not send batches of this kind
-FORBIDDEN = "forbidden"
-#: longest hello.token accepted (tokens from ``sluice token new`` have 43 characters)
+#: longest hello.token accepted (tokens from ``sluice token`` have 43 characters)
 MAX_TOKEN_CHARS = 512
 
 
@@ -98,6 +95,7 @@ class NackCode:
     UNROUTABLE = "unroutable"    # no queue is bound for the batch's kind
     REFUSED = "refused"          # the broker refused the batch (e.g. a full queue)
     UNAVAILABLE = "unavailable"  # the broker link is down or went down before the confirm
+    FORBIDDEN = "forbidden"      # the authenticated client may not send batches of this kind
 
 
 def validate_kind(kind: str) -> str:

@@ -22,7 +22,7 @@ from sluice.auth import hash_token, new_token
 from sluice.client.main import ClientSettings
 from sluice.client.report import EXIT_REFUSED, Summary, exit_status
 from sluice.client.runner import run
-from sluice.protocol import FORBIDDEN, ErrorCode
+from sluice.protocol import ErrorCode, NackCode
 from sluice.topology import Topology
 
 from .conftest import StartServer
@@ -246,7 +246,7 @@ async def test_token_limited_to_one_kind(
     assert (await hello(client, plain["measurements"]))["type"] == "welcome"
     client.batch(1, records_payload(3), kind="other", count=3)
     nack = await client.recv()
-    assert nack is not None and nack["type"] == "nack" and nack["code"] == FORBIDDEN, nack
+    assert nack is not None and nack["type"] == "nack" and nack["code"] == NackCode.FORBIDDEN, nack
     client.batch(2, records_payload(3), count=3)
     assert await client.recv() == {"type": "ack", "seq": 2}
     assert await queued_records(amqp_url, namespace, "other") == 0

@@ -45,7 +45,6 @@ from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
 from ..protocol import (
     DEFAULT_MAX_FRAME,
-    FORBIDDEN,
     HEADER_SIZE,
     MAX_CLIENT_ID_BYTES,
     PROTOCOL_VERSION,
@@ -309,7 +308,7 @@ class Stream:
     def _exhausted(self, batch: OutBatch, now: float, code: Optional[str]) -> bool:
         """Give ``batch`` up (and count it) if it is out of tries or out of time."""
         limit = min(self._max_tries, UNROUTABLE_TRIES) if code == UNROUTABLE else self._max_tries
-        if code == FORBIDDEN:
+        if code == NackCode.FORBIDDEN:
             limit = 1  # this client may not send the kind: resending cannot change that
         window = self._give_up_after
         if batch.refusals >= limit:

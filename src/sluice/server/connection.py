@@ -29,13 +29,13 @@ from ..errors import ProtocolError
 from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
 from ..protocol import (
-    FORBIDDEN,
     HEADER_SIZE,
     Batch,
     Bye,
     ErrorCode,
     Hello,
     Nack,
+    NackCode,
     Ping,
     Pong,
     decode_body,
@@ -302,10 +302,10 @@ class Connection:
     def _forbid(self, batch: Batch) -> None:
         assert self._grant is not None
         self._ctx.rejections.warning(
-            FORBIDDEN, "batch_forbidden", principal=self._grant.principal.name, kind=batch.kind,
+            NackCode.FORBIDDEN, "batch_forbidden", principal=self._grant.principal.name, kind=batch.kind,
             client_id=self.client_id, peer=str(self.peer),
         )
-        self._send_nack(batch.seq, FORBIDDEN,
+        self._send_nack(batch.seq, NackCode.FORBIDDEN,
                         f"{self._grant.principal.name} may not send records of kind {batch.kind!r}")
 
     def _batch(self, batch: Batch) -> None:
