@@ -15,7 +15,8 @@ from .errors import ConfigError
 __all__ = ["HELP", "add_arguments", "main"]
 
 HELP = ("print a new random token on stdout and its hashed line for a token file "
-        "(--file appends it there); used by `sluice server --token-file` and `sluice api --token-file`")
+        "(--file appends it there), for `sluice server --token-file` (SLUICE_TOKEN_FILE) and "
+        "`sluice api --token-file`; a client reads its token from SLUICE_TOKEN_FILE")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
