@@ -109,9 +109,15 @@ class StoreSettings(CommonSettings):
     es_password: str = option("", "password of --es-username", secret=True)
     es_api_key: str = option("", "Elasticsearch API key (base64 'id:key' as Elasticsearch "
                                  "returns it), instead of a user and password", secret=True)
+    retention_days: int = option(
+        30, "days a daily index is kept (0 = for ever): the ILM policy where Elasticsearch "
+        "has ILM, `sluice retention` everywhere"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.retention_days < 0:
+            raise ConfigError("retention_days cannot be negative (0 keeps indices for ever)")
         if bool(self.es_username) != bool(self.es_password):
             raise ConfigError("--es-username and --es-password go together")
         if self.es_api_key and self.es_username:

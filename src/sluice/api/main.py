@@ -82,6 +82,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         es_timeout=settings.es_timeout,
         tokens=TokenFile(settings.token_file) if settings.token_file else None,
         es_options=settings.es_client_options(),
+        retention_days=settings.retention_days,
     )
     context = tls.server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
     runner = web.AppRunner(app, access_log=None)
