@@ -196,9 +196,9 @@ def build_app(
     """The API application; its resources open on startup and close on cleanup."""
     quiet_bad_request_logs()
     metrics = ApiMetrics()
-    middlewares = [_errors_and_metrics]
-    if cors_origins:
-        middlewares.insert(0, cors_middleware(cors_origins))
+    # CORS outermost: preflights are answered before anything else, errors get its headers.
+    middlewares = [cors_middleware(cors_origins)] if cors_origins else []
+    middlewares.append(_errors_and_metrics)
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[METRICS] = metrics
 

@@ -10,14 +10,16 @@ middleware, since browsers send it without credentials.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from aiohttp import web
+
+if TYPE_CHECKING:  # a Protocol in aiohttp's typedefs; only the type checker needs it
+    from aiohttp.typedefs import Middleware
 
 __all__ = ["PREFLIGHT_MAX_AGE_S", "cors_middleware"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 #: how long a browser may reuse a preflight answer
 PREFLIGHT_MAX_AGE_S = 600
