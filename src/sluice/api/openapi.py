@@ -135,6 +135,17 @@ _SCHEMAS: dict[str, Any] = {
                         "description": "pass as `cursor` for the next page; null on the last"},
         "filters": _ref("Filters"),
     }),
+    "Metrics": _obj({
+        "total": {"type": "integer", "minimum": 0, "description": "measurements matching the filters"},
+        "others_count": {"type": "integer", "minimum": 0,
+                         "description": "measurements of metrics beyond the listed ones"},
+        "metrics": {"type": "array", "items": _obj({
+            "metric": {"type": "string"},
+            "unit": {"type": "string", "nullable": True, "description": "the most common unit"},
+            "count": {"type": "integer", "minimum": 0},
+        })},
+        "filters": _ref("Filters"),
+    }),
     "QueueState": _obj({
         "kind": {"type": "string"},
         "queue": {"type": "string"},
@@ -158,6 +169,14 @@ _SCHEMAS: dict[str, Any] = {
                 "write to `<prefix>-dead-*`; null when the store cannot count them",
                 "items": _obj({"reason": {"type": "string"},
                                "count": {"type": "integer", "minimum": 0}}),
+            },
+            "samples": {
+                "type": "array",
+                "nullable": True,
+                "description": "the latest few dead-letter events, newest first (the dead letter "
+                "itself, with the record, stays in the dead-letter queue); null when the store "
+                "cannot list them",
+                "items": {"type": "object", "additionalProperties": True},
             },
         }),
         "ingest": _obj({
@@ -277,6 +296,12 @@ def openapi_document() -> dict[str, Any]:
                 "order may be approximate. With `per_metric=true`, `size` is at most "
                 f"{max_sensors(True)}, so the answer stays within Elasticsearch's "
                 f"{ES_MAX_BUCKETS:,} buckets (`search.max_buckets`).",
+            ),
+            "/api/v1/metrics": _get(
+                "Metrics", "Metrics", params.METRICS,
+                description="The metrics measured, most measurements first, each with its most "
+                "common unit and its count (exact). Averages mix units across metrics: ask "
+                "`/stats` with `metric=` for one of these.",
             ),
             "/api/v1/histogram": _get(
                 "Date histogram", "Histogram", params.HISTOGRAM,

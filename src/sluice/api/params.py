@@ -25,6 +25,7 @@ __all__ = [
     "MAX_REPEAT",
     "MAX_TS",
     "MEASUREMENTS",
+    "METRICS",
     "PIPELINE",
     "SENSORS",
     "SENSOR_ORDERS",
@@ -297,6 +298,7 @@ def _size(default: int, high: int) -> Param:
 
 
 STATS: tuple[Param, ...] = (*FILTERS, PRETTY)
+METRICS: tuple[Param, ...] = STATS
 SENSORS: tuple[Param, ...] = (
     *FILTERS,
     _size(20, 1000),
