@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import importlib
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ def _default(value: Any, kind: Any) -> str:
 
 
 def _type(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:  # before the type check: 3.9 calls tuple[str, ...] a type
+        return "list"
     if kind is Seconds:
         return "duration"
     if kind is bool:
