@@ -6,7 +6,7 @@ import dataclasses
 
 from sluice.cli import COMMANDS, build_parser
 from sluice.settings import env_name
-from sluice.settings_doc import DOC_PATH, REGENERATE, render, settings_class
+from sluice.settings_doc import DOC_PATH, REGENERATE, cli_flags, render, settings_class
 
 
 def test_settings_page_is_up_to_date() -> None:
@@ -27,8 +27,7 @@ def test_every_cli_flag_is_on_the_page() -> None:
     page = render()
     for command, module_name in COMMANDS.items():
         sub = subparsers.choices[command]  # type: ignore[attr-defined]
-        flags = {s for a in sub._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
-        flags = {f for f in flags if not f.startswith("--no-")}
+        flags = {next(o for o in a.option_strings if o.startswith("--")) for _, a in cli_flags(sub)}
         section = page.split(f"## `sluice {command}`", 1)[1].split("\n## ", 1)[0]
         documented = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `--")}
         assert documented == flags, command

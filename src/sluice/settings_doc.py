@@ -22,7 +22,7 @@ from typing import Any
 from .cli import COMMANDS, build_parser
 from .settings import BrokerSettings, CommonSettings, Seconds, StoreSettings, _base_type, _hints, env_name
 
-__all__ = ["DOC_PATH", "REGENERATE", "render", "settings_class"]
+__all__ = ["DOC_PATH", "REGENERATE", "cli_flags", "render", "settings_class"]
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 REGENERATE = "python -m sluice.settings_doc --write"
@@ -40,6 +40,19 @@ def settings_class(module_name: str) -> type[CommonSettings]:
         names = ", ".join(sorted(c.__name__ for c in found)) or "none"
         raise RuntimeError(f"{module_name} should hold exactly one settings class, found: {names}")
     return found.pop()
+
+
+def cli_flags(parser: argparse.ArgumentParser, where: str = "") -> list[tuple[str, argparse.Action]]:
+    """Every ``--flag`` action of ``parser`` and of its sub-commands, with the sub-command's
+    name ("" for the parser itself); ``--help`` and the ``--no-`` halves left out."""
+    found: list[tuple[str, argparse.Action]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += cli_flags(sub, f"{where} {name}".strip())
+        elif any(o.startswith("--") for o in action.option_strings) and "--help" not in action.option_strings:
+            found.append((where, action))
+    return found
 
 
 def _default(value: Any, kind: Any) -> str:
@@ -66,6 +79,14 @@ def _type(kind: Any) -> str:
     if isinstance(kind, type):
         return {"int": "integer", "float": "number", "str": "text"}.get(kind.__name__, kind.__name__)
     return "list"  # tuple[str, ...]: comma-separated
+
+
+def _flag_type(action: argparse.Action) -> str:
+    if action.nargs == 0:
+        return "on/off"
+    if action.metavar:
+        return _cell(str(action.metavar))
+    return _type(action.type) if isinstance(action.type, type) else "text"
 
 
 def _cell(text: str) -> str:
@@ -110,13 +131,22 @@ def render() -> str:
                 meaning += " (secret: masked in logs)"
             out.append(f"| `{flag}` | `{env_name(f.name)}` | {_type(kind)} | "
                        f"{_cell(_default(f.default, kind))} | {_cell(meaning)} |")
-        # Flags the command adds beside its settings class: no environment variable.
+        # Flags the command (or one of its actions) adds beside its settings class: no
+        # environment variable.
         declared = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(cls)}
-        for action in subparsers.choices[command]._actions:  # type: ignore[index]
-            flags = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
-            if flags and not declared.intersection(flags) and not flags[0].startswith("--no-"):
-                out.append(f"| `{flags[0]}` | (flag only) | {_cell(action.metavar or 'text')} | "
-                           f"(none) | {_cell(action.help or '')} |")
+        extra: dict[str, list[tuple[str, argparse.Action]]] = {}
+        for where, action in cli_flags(subparsers.choices[command]):  # type: ignore[index]
+            flag = next(o for o in action.option_strings if o.startswith("--"))
+            if flag not in declared:
+                extra.setdefault(flag, []).append((where, action))
+        for flag, uses in extra.items():
+            places = [where for where, _ in uses if where]
+            action = uses[0][1]
+            scope = "flag only" + (" of " + ", ".join(f"`{p}`" for p in places) if places else "")
+            defaults = {repr(a.default) for _, a in uses}
+            default = _default(action.default, None) if len(defaults) == 1 else "per action, see meaning"
+            out.append(f"| `{flag}` | ({scope}) | {_flag_type(action)} | {_cell(default)} | "
+                       f"{_cell(action.help or '')} |")
         out.append("")
     return "\n".join(out)
 

@@ -78,6 +78,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         namespace=settings.namespace,
         es_timeout=settings.es_timeout,
         cors_origins=settings.cors_origins,
+        retention_days=settings.retention_days,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
