@@ -32,7 +32,7 @@ def is_open(path: str) -> bool:
 
 
 def _refuse(request: web.Request, status: int, code: str, message: str) -> web.Response:
-    response = json_response(request, error_body(code, message), status=status)
+    response = json_response(request, error_body(code, message, status), status=status)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="sluice"'
     return response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -42,6 +43,10 @@ class ApiSettings(BrokerSettings, StoreSettings):
     es_timeout: float = option(
         10.0, "seconds before an Elasticsearch request counts as failed (answered 503)"
     )
+    cors_origins: tuple[str, ...] = option(
+        (), "origins allowed to call the API from a browser (CORS), comma-separated, e.g. "
+        "https://grafana.example.com; * allows any; empty = no CORS headers (same origin only)"
+    )
     token_file: str = option("", "file of hashed tokens (sluice token); when set, every "
                                  "request except /healthz, /readyz, the dashboard page and "
                                  "the OpenAPI document needs a bearer token with the read "
@@ -58,6 +63,9 @@ class ApiSettings(BrokerSettings, StoreSettings):
             raise ConfigError("kinds must name at least one record kind")
         if self.es_timeout <= 0:
             raise ConfigError(f"es_timeout must be positive, not {self.es_timeout}")
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+/?", origin):
+                raise ConfigError(f"cors_origins: {origin!r} is not an origin such as https://host:port or *")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         try:
@@ -80,6 +88,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         amqp_url=settings.amqp_url or None,
         namespace=settings.namespace,
         es_timeout=settings.es_timeout,
+        cors_origins=settings.cors_origins,
         tokens=TokenFile(settings.token_file) if settings.token_file else None,
         es_options=settings.es_client_options(),
         retention_days=settings.retention_days,
