@@ -8,36 +8,49 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 from .auth import hash_token, new_token, parse_tokens
 from .errors import ConfigError
+from .settings import CommonSettings, load, option
+from .settings import add_arguments as add_settings_arguments
 
-__all__ = ["HELP", "add_arguments", "main"]
+__all__ = ["HELP", "TokenSettings", "add_arguments", "main"]
 
 HELP = ("print a new random token on stdout and its hashed line for a token file "
-        "(--file appends it there), for `sluice server --token-file` (SLUICE_TOKEN_FILE) and "
+        "(--append-to adds it there), for `sluice server --token-file` (SLUICE_TOKEN_FILE) and "
         "`sluice api --token-file`; a client reads its token from SLUICE_TOKEN_FILE")
 
 
+@dataclass(frozen=True)
+class TokenSettings(CommonSettings):
+    name: str = option("", "who the token is for (shown in logs); required")
+    scopes: str = option("", "comma-separated: ingest:<kind>, ingest:* (any kind), read (the API); required")
+    append_to: str = option("", "append the hashed line to this token file (created if absent)",
+                            metavar="PATH")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.name or not self.scopes:
+            raise ConfigError("--name and --scopes are required")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", required=True, help="who the token is for (shown in logs)")
-    parser.add_argument("--scopes", required=True,
-                        help="comma-separated: ingest:<kind>, ingest:* (any kind), read (the API)")
-    parser.add_argument("--file", default="", metavar="PATH",
-                        help="append the hashed line to this token file (created if absent)")
+    add_settings_arguments(parser, TokenSettings)
 
 
 def main(args: argparse.Namespace) -> int:
+    settings = load(TokenSettings, args)
     token = new_token()
-    line = f"{args.name} {hash_token(token)} {args.scopes}"
+    line = f"{settings.name} {hash_token(token)} {settings.scopes}"
     parse_tokens(line, "the new entry")  # the same checks the services apply: fail now, not there
-    if args.file:
+    if settings.append_to:
         try:
-            with open(args.file, "a", encoding="utf-8") as fh:
+            with open(settings.append_to, "a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
         except OSError as exc:
-            raise ConfigError(f"--file {args.file!r}: {exc.strerror or exc}") from exc
-        print(f"appended the hashed entry for {args.name!r} to {args.file}", file=sys.stderr)
+            raise ConfigError(f"--append-to {settings.append_to!r}: {exc.strerror or exc}") from exc
+        print(f"appended the hashed entry for {settings.name!r} to {settings.append_to}", file=sys.stderr)
     else:
         print(f"token file line (hashed; the token itself is printed once, on stdout):\n{line}",
               file=sys.stderr)
