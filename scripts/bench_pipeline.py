@@ -233,7 +233,7 @@ def ensure_rsyslog() -> str | None:
     return None
 
 
-async def wait_for_docs(port: int, n: int, timeout: float, alive: list[subprocess.Popen[Any]],
+async def wait_for_docs(port: int, n: int, timeout: float, alive: list[Any],
                         what: str) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -242,8 +242,9 @@ async def wait_for_docs(port: int, n: int, timeout: float, alive: list[subproces
             await asyncio.sleep(0.3)  # late duplicates would show up now
             return await get_json(port, "/_bench/stats")
         for proc in alive:
-            if proc.poll() is not None and proc.returncode != 0:
-                raise SystemExit(f"{what}: a process exited with status {proc.returncode}")
+            status = proc.poll()
+            if status not in (None, 0):
+                raise SystemExit(f"{what}: a process exited with status {status}")
         if time.monotonic() > deadline:
             raise SystemExit(f"{what}: timed out with {stats['docs']} of {n} documents")
         await asyncio.sleep(0.05)
@@ -259,13 +260,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def finish_client(client: subprocess.Popen[bytes]) -> tuple[bytes, bytes, int, float]:
-    """The client's output, exit status and CPU seconds (it has exited, or is about to)."""
-    assert client.stdout is not None and client.stderr is not None
-    out, err = client.stdout.read(), client.stderr.read()
-    _, status, usage = os.wait4(client.pid, 0)
-    client.returncode = os.waitstatus_to_exitcode(status)
-    return out, err, client.returncode, usage.ru_utime + usage.ru_stime
+class Client:
+    """The ``sluice client`` process, reaped here with ``wait4`` to learn its CPU time."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.cpu = 0.0
+
+    def _reaped(self, flags: int) -> bool:
+        if self.proc.returncode is not None:
+            return True
+        pid, status, usage = os.wait4(self.proc.pid, flags)
+        if pid == 0:
+            return False
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu = usage.ru_utime + usage.ru_stime
+        return True
+
+    def poll(self) -> int | None:
+        return self.proc.returncode if self._reaped(os.WNOHANG) else None
+
+    def finish(self) -> tuple[bytes, bytes, int]:
+        """Its output and exit status, once it has exited."""
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()
+        self._reaped(0)
+        assert self.proc.returncode is not None
+        return out, err, self.proc.returncode
 
 
 def stop(procs: list[subprocess.Popen[Any]]) -> None:
@@ -324,16 +345,16 @@ async def run_sluice(args: argparse.Namespace, endpoint: int, workdir: str) -> d
             await wait_ready(http_k, parser, log_k)
         await get_json(endpoint, "/_bench/reset")
         cpu_before = {p.pid: cpu_seconds(p.pid) for p in procs}
-        client = spawn(
+        client = Client(spawn(
             [sys.executable, "-m", "sluice", "client", "--target", f"127.0.0.1:{port}", "--json",
              "--count", str(args.records), "--rate", str(args.rate),
              "--connections", str(args.connections), "--log-level", "warning"],
-            env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         stats = await wait_for_docs(endpoint, args.records, args.timeout, [*procs, client], "sluice")
         stats["cpu"] = {"server": cpu_seconds(server.pid) - cpu_before[server.pid],
                         "parsers": sum(cpu_seconds(p.pid) - cpu_before[p.pid] for p in procs[1:])}
-        out, err, status, client_cpu = await asyncio.to_thread(finish_client, client)
-        stats["cpu"]["client"] = client_cpu
+        out, err, status = await asyncio.to_thread(client.finish)
+        stats["cpu"]["client"] = client.cpu
         if status != 0:
             raise SystemExit(f"client failed ({status}): {err.decode()[-2000:]}")
         stats["client"] = json.loads(out)
