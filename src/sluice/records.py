@@ -32,13 +32,13 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from .errors import RecordError
+from .timestamps import MAX_TS
 
 __all__ = ["MEASUREMENT_KIND", "MeasurementRecord", "validate_measurement"]
 
 MEASUREMENT_KIND = "measurement"
 _REQUIRED = ("id", "sensor", "metric", "value", "ts")
 _KNOWN = frozenset((*_REQUIRED, "unit", "tags"))
-_MAX_TS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last instant a date field holds
 _MAX_ID, _MAX_NAME, _MAX_UNIT = 128, 256, 64
 
 
@@ -56,7 +56,7 @@ class MeasurementRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     sensor: Annotated[str, Meta(min_length=1, max_length=_MAX_NAME)]
     metric: Annotated[str, Meta(min_length=1, max_length=_MAX_NAME)]
     value: Annotated[float, Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
-    ts: Annotated[int, Meta(ge=0, le=_MAX_TS)]
+    ts: Annotated[int, Meta(ge=0, le=MAX_TS)]
     unit: Union[Annotated[str, Meta(min_length=1, max_length=_MAX_UNIT)], UnsetType] = UNSET
     tags: Union[dict[Annotated[str, Meta(min_length=1)], str], UnsetType] = UNSET
 
@@ -100,7 +100,7 @@ def validate_measurement(record: Any) -> dict[str, Any]:
         raise RecordError("bad_value", "value must be finite")
     out["value"] = value
     ts = record["ts"]
-    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= _MAX_TS:
+    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= MAX_TS:
         raise RecordError("bad_ts", "ts must be an integer of Unix epoch milliseconds")
     out["ts"] = ts
     if "unit" in record:

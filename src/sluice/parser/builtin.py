@@ -18,9 +18,10 @@ import msgspec
 
 from ..errors import ConfigError, RecordError
 from ..records import MEASUREMENT_KIND, MeasurementRecord, validate_measurement
+from ..timestamps import second_text
 from .interface import ANY_KIND, Document, Encoded, Record
 
-__all__ = ["MeasurementParser", "UppercaseParser", "iso_utc_ms"]
+__all__ = ["MeasurementParser", "UppercaseParser"]
 
 
 def _check_options(parser: str, options: Mapping[str, str], allowed: frozenset[str]) -> None:
@@ -32,15 +33,6 @@ def _check_options(parser: str, options: Mapping[str, str], allowed: frozenset[s
             f"parser {parser!r} does not understand option(s) {', '.join(unknown)} "
             f"(it takes {takes})"
         )
-
-
-def _second_text(second: int) -> str:
-    t = time.gmtime(second)
-    # Formatted by hand: strftime's %Y does not zero-pad years below 1000 on every libc.
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
-        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-    )
 
 
 class _MillisFormatter:
@@ -63,7 +55,7 @@ class _MillisFormatter:
             return self._text
         second, ms = divmod(millis, 1000)
         if second != self._second:
-            self._second_text = _second_text(second)
+            self._second_text = second_text(second)
             self._second = second
         self._millis = millis
         self._text = f"{self._second_text}.{ms:03d}Z"
@@ -74,12 +66,6 @@ class _MillisFormatter:
 _MILLIS = tuple(f".{ms:03d}Z".encode() for ms in range(1000))
 _DECODE_MEASUREMENTS = msgspec.msgpack.Decoder(list[MeasurementRecord]).decode
 _ENCODE_JSON = msgspec.json.Encoder().encode
-
-
-def iso_utc_ms(millis: int) -> str:
-    """``1700000000123`` -> ``"2023-11-14T22:13:20.123Z"`` (no caching; for callers off the hot path)."""
-    second, ms = divmod(millis, 1000)
-    return f"{_second_text(second)}.{ms:03d}Z"
 
 
 class MeasurementParser:
@@ -123,15 +109,15 @@ class MeasurementParser:
         tail = b'","ingested_at":"' + now + b'","parser":"measurement"}'
         out: list[Encoded] = []
         append, join, encode, millis = out.append, b"".join, _ENCODE_JSON, _MILLIS
-        second, second_text = -1, b""
+        second, stamp = -1, b""
         for record in records:
             ts = record.ts
             this_second, ms = divmod(ts, 1000)
             if this_second != second:
-                second, second_text = this_second, _second_text(this_second).encode()
+                second, stamp = this_second, second_text(this_second).encode()
             source = encode(record)
             append((record.id, ts, join(
-                (source[:-1], b',"@timestamp":"', second_text, millis[ms], tail)
+                (source[:-1], b',"@timestamp":"', stamp, millis[ms], tail)
             )))
         return out
 

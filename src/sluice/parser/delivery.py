@@ -24,6 +24,7 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from ..errors import RecordError
 from ..es import index_name
 from ..logs import RateLimitedLog, get_logger
+from ..timestamps import MS_PER_DAY
 from .deadletter import POISON, DeadLetter
 from .indexer import action_prefix
 from .interface import Encoded
@@ -34,7 +35,6 @@ log = get_logger(__name__)
 
 BatchEncode = Callable[[bytes], Optional[list[Encoded]]]
 
-_MS_PER_DAY = 86_400_000
 # Distinct days seen before the action-prefix cache is cleared (backfills span many).
 _DAY_CACHE_LIMIT = 4096
 
@@ -111,7 +111,7 @@ class MessageDecoder:
         cache = self._actions[kind]
         if len(cache) >= _DAY_CACHE_LIMIT:
             cache.clear()
-        index = index_name(self._prefix, kind, day * _MS_PER_DAY)
+        index = index_name(self._prefix, kind, day * MS_PER_DAY)
         prefix = action_prefix(index)
         cache[day] = prefix
         return prefix
@@ -164,7 +164,7 @@ class MessageDecoder:
             if type(ts) is not int or type(doc_id) is not str or not doc_id \
                     or len(doc_id) > _MAX_ID_CHARS:
                 return False
-            day = ts // _MS_PER_DAY
+            day = ts // MS_PER_DAY
             prefix = prefixes.get(day)
             if prefix is None:
                 try:
@@ -198,7 +198,7 @@ class MessageDecoder:
                 if type(ts) is not int:
                     ts = _whole_ms(ts)
                     doc["ts"] = ts
-                day = ts // _MS_PER_DAY
+                day = ts // MS_PER_DAY
                 prefix = prefixes.get(day)
                 if prefix is None:
                     prefix = self._action_prefix(kind, day)
