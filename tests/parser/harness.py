@@ -214,8 +214,12 @@ class ParserProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log(self) -> str:
+        """The log's tail, for failure messages."""
+        return self.whole_log()[-6000:]
+
+    def whole_log(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-6000:]
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return "<no log>"
 
