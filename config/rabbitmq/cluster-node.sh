@@ -42,8 +42,9 @@ if [[ -r $CLUSTER_CONF ]]; then
     install -m 0644 "$CLUSTER_CONF" /etc/rabbitmq/conf.d/91-sluice-cluster.conf
 fi
 
-node_host=${RABBITMQ_NODENAME#*@}
-if [[ $node_host != "$SEED" && ! -d $DATA/mnesia ]]; then
+node=${RABBITMQ_NODENAME:?RABBITMQ_NODENAME must name this node, e.g. rabbit@rabbitmq2}
+# The node's database directory is empty (or absent) until it first joined or formed a cluster.
+if [[ ${node#*@} != "$SEED" && -z $(ls -A "$DATA/mnesia/$node" 2>/dev/null) ]]; then
     say "first boot: waiting up to ${SEED_WAIT}s for the seed node $SEED before joining"
     deadline=$((SECONDS + SEED_WAIT))
     until (exec 3<>"/dev/tcp/$SEED/5672") 2>/dev/null; do
