@@ -102,6 +102,15 @@ class Stack:
     def service(self, name: str) -> str:
         return f"{self.name}_{name}"
 
+    def logs(self, service: str) -> str:
+        """Every task's output (services log to stderr, which ``docker service logs``
+        passes on as its own stderr)."""
+        proc = subprocess.run(
+            ["docker", "service", "logs", "--raw", self.service(service)],
+            capture_output=True, text=True, timeout=60,
+        )
+        return proc.stdout + proc.stderr
+
     def containers(self, service: str) -> list[str]:
         out = docker("ps", "-q", "--no-trunc", "--filter",
                      f"label=com.docker.swarm.service.name={self.service(service)}")

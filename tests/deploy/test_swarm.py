@@ -57,7 +57,7 @@ def stack() -> Iterator[Stack]:
 def link_events(s: Stack, service: str) -> list[str]:
     """The broker link events a service's tasks logged, in time order."""
     found = []
-    for line in docker("service", "logs", "--raw", s.service(service), timeout=60).splitlines():
+    for line in s.logs(service).splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
