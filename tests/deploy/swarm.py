@@ -211,7 +211,7 @@ class StreamingClient:
                 stdin.write(("\n".join(lines) + "\n").encode())
                 stdin.flush()
             time.sleep(0.05)
-        stdin.close()
+        # communicate() in finish() closes stdin: that end of input lets the client finish.
 
     def finish(self, timeout: float = 300) -> dict[str, Any]:
         """Stop feeding; the client sends the rest, waits for every ack and reports."""
