@@ -19,10 +19,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, Optional, TypeVar
 
 from .pipeline import ROOT, RUN, free_port
 
+T = TypeVar("T")
 LOCK_PATH = "/var/lock/sluice-swarm.lock"
 RABBITMQ_NODES = ("rabbitmq1", "rabbitmq2", "rabbitmq3")
 RAW_QUEUE = "sluice.raw.measurement"
@@ -78,6 +79,7 @@ class Stack:
 
     def __init__(self) -> None:
         self.name = f"sluicet{uuid.uuid4().hex[:8]}"
+        self.last_error = ""
         self.ingest_port = free_port()
         self.http_port = free_port()
         self.env = dict(os.environ)
@@ -162,10 +164,25 @@ class Stack:
             "body = sys.argv[2].encode() if len(sys.argv) > 2 else None\n"
             "req = urllib.request.Request('http://elasticsearch:9200' + sys.argv[1], data=body, "
             "headers={'Content-Type': 'application/json'}, method='POST' if body else 'GET')\n"
-            "print(urllib.request.urlopen(req, timeout=30).read().decode())\n"
+            "print(urllib.request.urlopen(req, timeout=60).read().decode())\n"
         )
         args = ["python", "-c", script, path] + ([json.dumps(body)] if body is not None else [])
-        return json.loads(self.exec("parser", *args))
+        return json.loads(self.exec("parser", *args, timeout=90))
+
+    def count(self) -> int:
+        """Documents of kind measurement (a light query, for polling)."""
+        self.es("/sluice-measurement-*/_refresh", {})
+        return int(self.es("/sluice-measurement-*/_count")["count"])
+
+    def attempt(self, query: Callable[[], T]) -> Optional[T]:
+        """``query()``, or None when the store did not answer this time (the stand-in can
+        time out while it indexes a backlog on a busy machine); the error is kept in
+        :attr:`last_error`. For polling loops."""
+        try:
+            return query()
+        except (AssertionError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
+            self.last_error = repr(exc)[-500:]
+            return None
 
     def stored(self) -> tuple[int, float]:
         """Documents of kind measurement and the exact sum of their values."""

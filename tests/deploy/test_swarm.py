@@ -38,7 +38,7 @@ from .swarm import (
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
-RATE = 400  # records/s: well inside what the Elasticsearch stand-in indexes
+RATE = 250  # records/s: well inside what the Elasticsearch stand-in indexes on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_stack_survives_node_loss_rolling_update_and_scaling(stack: Stack) -> No
     run_id = uuid.uuid4().hex[:10]
     client = StreamingClient(s.ingest_port, run_id, RATE)
     try:
-        wait_for(lambda: s.stored()[0] > RATE, 120, "records indexed through the stack")
+        wait_for(lambda: (s.attempt(s.count) or 0) > RATE, 120, "records indexed through the stack", 3)
 
         # -- 2. the node leading the raw queue dies and comes back ----------------------------
         leader = str(s.queues()[RAW_QUEUE]["leader"]).split("@", 1)[1]
@@ -122,7 +122,8 @@ def test_stack_survives_node_loss_rolling_update_and_scaling(stack: Stack) -> No
         wait_for(lambda: len(s.running_nodes()) == 3, 240, f"{leader} back in the cluster")
         print(f"phase 2: killed {leader}; {RAW_QUEUE} is now led by {new_leader}; node back")
         written = client.written
-        wait_for(lambda: s.stored()[0] > written - RATE * 5, 180, "indexing after the node loss")
+        wait_for(lambda: (s.attempt(s.count) or 0) > written - RATE * 5, 180,
+                 "indexing after the node loss", 3)
 
         # -- 3. rolling update of the parsers ------------------------------------------------
         before = set(s.containers("parser"))
@@ -158,10 +159,11 @@ def test_stack_survives_node_loss_rolling_update_and_scaling(stack: Stack) -> No
     assert summary["exit_status"] == 0 and summary["failed"] == 0, summary
     assert summary["acked"] == sent, (summary, sent)
     expected_sum = sent * (sent + 1) / 2
-    final = wait_for(lambda: (lambda c: c if c[0] >= sent else None)(s.stored()), 300,
-                     f"{sent} documents in Elasticsearch")
-    settled = s.stored()
-    assert settled == final
+    try:
+        wait_for(lambda: (s.attempt(s.count) or 0) >= sent, 300, f"{sent} documents in Elasticsearch", 3)
+        settled = wait_for(lambda: s.attempt(s.stored), 120, "the sum of the stored values", 3)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the store's last error: {s.last_error or 'none'}") from exc
     assert settled == (sent, expected_sum), f"stored {settled}, sent {sent} records summing to {expected_sum}"
     print(f"phase 6: {sent} records sent and acked; Elasticsearch holds {settled[0]} summing to {settled[1]:.0f}")
 
