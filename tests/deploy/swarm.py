@@ -80,6 +80,7 @@ class Stack:
     def __init__(self) -> None:
         self.name = f"sluicet{uuid.uuid4().hex[:8]}"
         self.last_error = ""
+        self.last_count: Optional[int] = None
         self.ingest_port = free_port()
         self.http_port = free_port()
         self.env = dict(os.environ)
@@ -172,7 +173,8 @@ class Stack:
     def count(self) -> int:
         """Documents of kind measurement (a light query, for polling)."""
         self.es("/sluice-measurement-*/_refresh", {})
-        return int(self.es("/sluice-measurement-*/_count")["count"])
+        self.last_count = int(self.es("/sluice-measurement-*/_count")["count"])
+        return self.last_count
 
     def attempt(self, query: Callable[[], T]) -> Optional[T]:
         """``query()``, or None when the store did not answer this time (the stand-in can
