@@ -12,6 +12,14 @@
 #                                           records, wait until they are indexed, print aggregates
 #   ./run_pipeline.sh down [--volumes]      stop and remove (--volumes: and the data)
 #
+# The same on Docker Swarm, for several hosts (deploy/swarm/stack.yml, docs/scaling.md):
+#   ./run_pipeline.sh stack up [--scale svc=N]...  create secrets, deploy, wait until healthy,
+#                                                  replicate the quorum queues on every node
+#   ./run_pipeline.sh stack scale svc=N...         change replica counts
+#   ./run_pipeline.sh stack status                 services, tasks, RabbitMQ nodes and queues
+#   ./run_pipeline.sh stack down [--volumes]       remove the stack (--volumes: and its data,
+#                                                  secrets and configs)
+#
 # Environment:
 #   SLUICE_SKIP_BUILD=1      use the images as they are; never build (nor pull the base image)
 #   SLUICE_OFFLINE=0         ignore .offline-images.env (written by scripts/build-offline-images.sh)
@@ -27,6 +35,9 @@
 #                            0.0.0.0 opens them to other machines: turn on --tls first)
 #   SLUICE_ENV_FILE          the generated passwords and settings (default .env, git-ignored)
 #   SLUICE_SECRETS_DIR       generated certificates, keys, tokens (default .secrets, git-ignored)
+#   SLUICE_STACK             swarm stack name (default sluice); SLUICE_IMAGE must then be a
+#                            registry reference every host can pull (one-host swarm: any tag)
+#   SLUICE_STACK_FILES       more stack files, colon-separated (deploy/swarm/elasticsearch-cluster.yml)
 #
 # The first `up` writes random passwords to .env (see .env.example); nothing prints them.
 set -euo pipefail
@@ -473,11 +484,302 @@ cmd_down() {
     compose down ${args[@]+"${args[@]}"}
 }
 
+# -- Docker Swarm ------------------------------------------------------------------------
+# Kept apart from the compose commands above: they share only check_docker,
+# load_offline_env, say, die and WAIT_TIMEOUT.
+
+STACK_FILE=deploy/swarm/stack.yml
+STACK_SECRETS=(amqp_url rabbitmq_password rabbitmq_erlang_cookie)
+# Hosts that run a stateful service or the ingress nginx carry a label (deploy/swarm/stack.yml).
+STACK_LABELS=(sluice.rabbitmq1 sluice.rabbitmq2 sluice.rabbitmq3 sluice.elasticsearch sluice.ingress)
+RABBITMQ_NODES=(rabbitmq1 rabbitmq2 rabbitmq3)
+STACK_ARGS=()
+SCALE_ARGS=()
+
+stack_name() { printf '%s' "${SLUICE_STACK:-sluice}"; }
+
+stack_check_swarm() {
+    local state
+    state=$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null) || state=unknown
+    [[ $state == active ]] || die "this Docker engine is not part of a swarm (state: $state). \
+Create one with: docker swarm init --advertise-addr <this host's address> (or join one), then retry."
+    [[ $(docker info --format '{{.Swarm.ControlAvailable}}') == true ]] \
+        || die "this node is a swarm worker; run stack commands on a manager node."
+    [[ $(stack_name) =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]] || die "bad SLUICE_STACK '$(stack_name)'"
+}
+
+stack_files() {
+    local extra=() file
+    STACK_ARGS=(-c "$STACK_FILE")
+    IFS=: read -r -a extra <<<"${SLUICE_STACK_FILES:-}"
+    for file in ${extra[@]+"${extra[@]}"}; do
+        [[ -f $file ]] || die "stack file '$file' (SLUICE_STACK_FILES) does not exist"
+        STACK_ARGS+=(-c "$file")
+    done
+}
+
+random_secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# Secrets are created once and kept across `stack up`s: the RabbitMQ data on the volumes was
+# written with them. Create them by hand (docker secret create) to choose the values.
+stack_secrets() {
+    local stack password name
+    stack=$(stack_name)
+    if ! docker secret inspect "${stack}_rabbitmq_password" >/dev/null 2>&1; then
+        password=$(random_secret)
+        printf '%s' "$password" | docker secret create "${stack}_rabbitmq_password" - >/dev/null
+        # Every node's URL: the services fail over between them.
+        printf 'amqp://sluice:%s@rabbitmq1:5672/,amqp://sluice:%s@rabbitmq2:5672/,amqp://sluice:%s@rabbitmq3:5672/' \
+            "$password" "$password" "$password" | docker secret create "${stack}_amqp_url" - >/dev/null
+        say "Created the secrets ${stack}_rabbitmq_password and ${stack}_amqp_url (random password)."
+    fi
+    if ! docker secret inspect "${stack}_rabbitmq_erlang_cookie" >/dev/null 2>&1; then
+        random_secret | docker secret create "${stack}_rabbitmq_erlang_cookie" - >/dev/null
+        say "Created the secret ${stack}_rabbitmq_erlang_cookie."
+    fi
+    for name in "${STACK_SECRETS[@]}"; do
+        docker secret inspect "${stack}_$name" >/dev/null 2>&1 \
+            || die "secret ${stack}_$name is missing; create it: docker secret create ${stack}_$name FILE"
+    done
+}
+
+# A one-host swarm gets every label; on several hosts the operator decides where state lives.
+stack_labels() {
+    local nodes label missing=()
+    nodes=$(docker node ls -q)
+    for label in "${STACK_LABELS[@]}"; do
+        # shellcheck disable=SC2086  # one argument per node
+        docker node inspect -f "{{index .Spec.Labels \"$label\"}}" $nodes | grep -qx true \
+            || missing+=("$label")
+    done
+    ((${#missing[@]})) || return 0
+    if [[ $(wc -l <<<"$nodes") == 1 ]]; then
+        say "One-host swarm: labelling this node ${missing[*]}."
+        for label in "${missing[@]}"; do
+            docker node update --label-add "$label=true" "$nodes" >/dev/null
+        done
+        return 0
+    fi
+    die "no swarm node carries the label(s) ${missing[*]}. Pin each stateful service to a host:
+$(for label in "${missing[@]}"; do printf '  docker node update --label-add %s=true HOST\n' "$label"; done)"
+}
+
+stack_image() {
+    local image=${SLUICE_IMAGE:-}
+    [[ -n $image ]] || die "SLUICE_IMAGE is not set: give the registry reference of the sluice image \
+(docker build -f docker/Dockerfile -t REGISTRY/sluice:TAG . && docker push REGISTRY/sluice:TAG)."
+    if (($(docker node ls -q | wc -l) > 1)) && [[ $image != */* ]]; then
+        say "warning: SLUICE_IMAGE=$image names no registry; the other hosts cannot pull it." >&2
+    fi
+    docker image inspect "$image" >/dev/null 2>&1 || docker pull "$image" >/dev/null 2>&1 \
+        || die "image $image is neither local nor pullable; build and push it (docs/scaling.md)."
+}
+
+# One line per service: name running desired
+stack_service_states() {
+    docker service ls --filter "label=com.docker.stack.namespace=$(stack_name)" \
+        --format '{{.Name}} {{.Replicas}}' \
+        | sed -E 's#^([^ ]+) ([0-9]+)/([0-9]+).*#\1 \2 \3#' | sort
+}
+
+stack_wait_healthy() {
+    local deadline=$((SECONDS + WAIT_TIMEOUT)) states pending service
+    say "Waiting for every service of stack $(stack_name) to be running and healthy (up to ${WAIT_TIMEOUT}s) ..."
+    while :; do
+        states=$(stack_service_states)
+        pending=$(awk '$2 != $3' <<<"$states")
+        if [[ -n $states && -z $pending ]]; then
+            say "All services are running and healthy."
+            return 0
+        fi
+        if ((SECONDS >= deadline)); then
+            say "Timed out after ${WAIT_TIMEOUT}s. Not ready (service running desired):" >&2
+            sed 's/^/  /' <<<"$pending" >&2
+            while read -r service _; do
+                [[ -n $service ]] || continue
+                say "--- last task states of $service ---" >&2
+                docker service ps --no-trunc --format '{{.Name}} {{.CurrentState}} {{.Error}}' "$service" \
+                    | head -n 5 | sed 's/^/  /' >&2
+            done <<<"$pending"
+            return 1
+        fi
+        sleep 3
+    done
+}
+
+# A running container of one of the stack's services on this host (empty if it runs elsewhere).
+stack_local_container() {
+    docker ps -q --filter "label=com.docker.swarm.service.name=$(stack_name)_$1" | head -n 1
+}
+
+stack_exec() {  # stack_exec SERVICE COMMAND...
+    local id
+    id=$(stack_local_container "$1")
+    [[ -n $id ]] || return 1
+    shift
+    docker exec "$id" "$@"
+}
+
+stack_running_nodes() {
+    stack_exec rabbitmq1 rabbitmqctl -q cluster_status --formatter json 2>/dev/null \
+        | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["running_nodes"]))' 2>/dev/null
+}
+
+# Quorum queues declared before every node had joined have fewer members, and RabbitMQ 3.10
+# does not add joining nodes to them by itself (3.13 can): add every node to every queue.
+stack_replicate_queues() {
+    local deadline=$((SECONDS + WAIT_TIMEOUT)) running node
+    if [[ -z $(stack_local_container rabbitmq1) ]]; then
+        say "rabbitmq1 runs on another host; replicate the quorum queues there with:
+  for n in ${RABBITMQ_NODES[*]}; do rabbitmq-queues grow rabbit@\$n all; done"
+        return 0
+    fi
+    say "Waiting for the RabbitMQ cluster to have ${#RABBITMQ_NODES[@]} running nodes ..."
+    until [[ $(stack_running_nodes) == "${#RABBITMQ_NODES[@]}" ]]; do
+        ((SECONDS < deadline)) || die "the RabbitMQ cluster has $(stack_running_nodes || echo no) running node(s), \
+not ${#RABBITMQ_NODES[@]}; see: docker service logs $(stack_name)_rabbitmq2"
+        sleep 3
+    done
+    for node in "${RABBITMQ_NODES[@]}"; do
+        stack_exec rabbitmq1 rabbitmq-queues -q grow "rabbit@$node" all >/dev/null \
+            || die "could not add rabbit@$node to the quorum queues"
+    done
+    say "Every quorum queue has a member on each of ${RABBITMQ_NODES[*]}."
+}
+
+stack_endpoints() {
+    cat <<EOF
+
+sluice stack $(stack_name) is running.
+  Ingest (TCP, msgpack frames): port $INGEST_PORT of every host labelled sluice.ingress
+      sluice client --target HOST:$INGEST_PORT --count 1000
+  API and dashboard: http://HOST:$HTTP_PORT/
+More replicas:  ./run_pipeline.sh stack scale server=4 parser=3
+Remove:         ./run_pipeline.sh stack down   (--volumes: also its data, secrets and configs)
+EOF
+}
+
+stack_parse_scale() {  # stack_parse_scale svc=N... -> SCALE_ARGS (STACK_svc=N)
+    local spec
+    SCALE_ARGS=()
+    for spec in "$@"; do
+        [[ $spec =~ ^([a-z0-9]+)=([0-9]+)$ ]] || die "bad scale '$spec' (expected svc=N)"
+        case ${BASH_REMATCH[1]} in
+            server|parser|api|client) ;;
+            *) die "cannot scale '${BASH_REMATCH[1]}': only server, parser, api and client scale; \
+RabbitMQ and Elasticsearch nodes are one per labelled host, nginx runs on every ingress host" ;;
+        esac
+        SCALE_ARGS+=("$(stack_name)_$spec")
+    done
+}
+
+stack_up() {
+    local scales=()
+    while (($#)); do
+        case $1 in
+            --scale) (($# >= 2)) || die "--scale needs svc=N"; scales+=("$2"); shift 2 ;;
+            --scale=*) scales+=("${1#--scale=}"); shift ;;
+            *) die "stack up: unknown argument '$1' (expected --scale svc=N)" ;;
+        esac
+    done
+    stack_parse_scale ${scales[@]+"${scales[@]}"}
+    stack_image
+    stack_files
+    stack_labels
+    stack_secrets
+    SLUICE_STACK=$(stack_name)
+    # Swarm configs cannot change: a new digest makes new ones when a file changed.
+    SLUICE_CONFIG_DIGEST=$(cat config/rabbitmq/cluster-node.sh config/rabbitmq/cluster.conf \
+        config/nginx/nginx.conf | sha256sum | cut -c1-12)
+    export SLUICE_STACK SLUICE_CONFIG_DIGEST
+    say "Deploying stack $SLUICE_STACK (image $SLUICE_IMAGE) ..."
+    docker stack deploy --prune --with-registry-auth "${STACK_ARGS[@]}" "$SLUICE_STACK"
+    if ((${#SCALE_ARGS[@]})); then
+        docker service scale --detach "${SCALE_ARGS[@]}" >/dev/null
+    fi
+    stack_wait_healthy
+    stack_replicate_queues
+    stack_endpoints
+}
+
+stack_scale() {
+    (($#)) || die "stack scale: expected svc=N ..."
+    stack_parse_scale "$@"
+    [[ -n $(stack_service_states) ]] || die "stack $(stack_name) does not exist; deploy it with ./run_pipeline.sh stack up"
+    docker service scale --detach "${SCALE_ARGS[@]}" >/dev/null
+    stack_wait_healthy
+}
+
+stack_status() {
+    if [[ -z $(stack_service_states) ]]; then
+        say "Stack $(stack_name) does not exist; deploy it with ./run_pipeline.sh stack up"
+        return 0
+    fi
+    docker stack services "$(stack_name)"
+    say ""
+    docker stack ps --filter desired-state=running \
+        --format 'table {{.Name}}\t{{.Node}}\t{{.CurrentState}}\t{{.Error}}' "$(stack_name)"
+    if [[ -n $(stack_local_container rabbitmq1) ]]; then
+        say ""
+        say "RabbitMQ running nodes: $(stack_running_nodes || echo '?') of ${#RABBITMQ_NODES[@]}"
+        say "Queues (name, ready messages, consumers, quorum members):"
+        stack_exec rabbitmq1 rabbitmqctl -q list_queues name messages_ready consumers members 2>&1 \
+            | sed 's/^/  /'
+    fi
+    stack_endpoints
+}
+
+stack_remove_named() {  # stack_remove_named volume|secret|config: what starts with "<stack>_"
+    local kind=$1 name
+    docker "$kind" ls --format '{{.Name}}' | while read -r name; do
+        if [[ $name == "$(stack_name)_"* ]]; then
+            docker "$kind" rm "$name" >/dev/null || say "could not remove $kind $name" >&2
+        fi
+    done
+}
+
+stack_down() {
+    local volumes=0 stack deadline
+    while (($#)); do
+        case $1 in
+            --volumes|-v) volumes=1; shift ;;
+            *) die "stack down: unknown argument '$1' (expected --volumes)" ;;
+        esac
+    done
+    stack=$(stack_name)
+    docker stack rm "$stack" >/dev/null 2>&1 || true
+    # `stack rm` returns before the containers and the network are gone.
+    deadline=$((SECONDS + 120))
+    while [[ -n $(docker ps -aq --filter "label=com.docker.stack.namespace=$stack") \
+             || -n $(docker network ls -q --filter "label=com.docker.stack.namespace=$stack") ]]; do
+        ((SECONDS < deadline)) || die "stack $stack still has containers or networks after 120s"
+        sleep 2
+    done
+    say "Stack $stack is removed."
+    ((volumes)) || return 0
+    stack_remove_named volume
+    stack_remove_named secret
+    stack_remove_named config
+    say "Removed the volumes, secrets and configs of stack $stack."
+}
+
+cmd_stack() {
+    local sub=${1:-}
+    (($#)) && shift
+    case $sub in
+        up|scale|status|down) ;;
+        *) usage >&2; die "stack: expected up, scale, status or down, not '${sub}'" ;;
+    esac
+    stack_check_swarm
+    "stack_$sub" "$@"
+}
+
 main() {
     local command=${1:-up}
     (($#)) && shift
     case $command in
         -h|--help|help) usage; return ;;
+        stack) check_docker; load_offline_env; cmd_stack "$@"; return ;;
         up|scale|status|logs|demo|down) ;;
         *) usage >&2; die "unknown command '$command'" ;;
     esac

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from sluice.errors import ConfigError
-from sluice.settings import BrokerSettings, add_arguments, describe, load, mask_url, option
+from sluice.settings import (
+    BrokerSettings,
+    StoreSettings,
+    add_arguments,
+    describe,
+    load,
+    mask_url,
+    option,
+    split_urls,
+)
 
 
 @dataclass(frozen=True)
@@ -106,8 +115,6 @@ def test_an_unreadable_secret_file_names_the_variable(tmp_path: Path) -> None:
 def test_elasticsearch_security_settings(tmp_path: Path) -> None:
     """CA, basic credentials or an API key become the Elasticsearch client's options; a user
     without a password, both kinds of credentials, or a missing CA file are refused."""
-    from sluice.settings import StoreSettings
-
     ca = tmp_path / "ca.pem"
     ca.write_text("not checked here")
     options = StoreSettings(es_ca_file=str(ca), es_username="sluice", es_password="pw").es_client_options()
@@ -119,3 +126,20 @@ def test_elasticsearch_security_settings(tmp_path: Path) -> None:
         with pytest.raises(ConfigError):
             StoreSettings(**bad)
     assert describe(StoreSettings(es_username="u", es_password="secret"))["es_password"] == "***"
+
+
+def test_a_broker_url_list_is_masked_url_by_url() -> None:
+    """Each URL of a cluster's list is masked on its own: every host stays visible, no
+    password does, and a comma inside a password does not split the list."""
+    value = "amqp://u:p1@rabbitmq1:5672/, amqp://u:p,2@rabbitmq2:5672/,amqp://u:p@3@rabbitmq3/"
+    assert split_urls(value) == (
+        "amqp://u:p1@rabbitmq1:5672/", "amqp://u:p,2@rabbitmq2:5672/", "amqp://u:p@3@rabbitmq3/",
+    )
+    s = load(DemoSettings, parse([]), {"SLUICE_AMQP_URL": value})
+    assert describe(s)["amqp_url"] == (
+        "amqp://u:***@rabbitmq1:5672/,amqp://u:***@rabbitmq2:5672/,amqp://u:***@rabbitmq3/"
+    )
+
+
+def test_a_list_of_blanks_holds_no_url() -> None:
+    assert split_urls(" , ") == ()

@@ -44,7 +44,9 @@ __all__ = [
     "env_name",
     "load",
     "mask_url",
+    "mask_urls",
     "option",
+    "split_urls",
 ]
 
 ENV_PREFIX = "SLUICE_"
@@ -85,7 +87,9 @@ class BrokerSettings(CommonSettings):
     """Settings of services that talk to RabbitMQ."""
 
     amqp_url: str = option(
-        "amqp://guest:guest@localhost:5672/", "RabbitMQ URL (the password is masked in logs)"
+        "amqp://guest:guest@localhost:5672/",
+        "RabbitMQ URL, or a comma-separated list of the URLs of a cluster's nodes to fail over "
+        "between (passwords are masked in logs)",
     )
     namespace: str = option(
         "sluice", "prefix of every exchange and queue name (exchange <namespace>.ingest)"
@@ -258,6 +262,23 @@ def mask_url(value: str) -> str:
     return f"{scheme.group(0)}{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
+# A list is split only before something that starts a URL (",amqp://"), so a comma inside a
+# password does not cut it in two.
+_LIST_SEPARATOR = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_urls(value: str) -> tuple[str, ...]:
+    """The URLs of a comma-separated list (``amqp://a,amqp://b``), blanks dropped."""
+    return tuple(part for part in (p.strip(" \t\n,") for p in _LIST_SEPARATOR.split(value)) if part)
+
+
+def mask_urls(value: str) -> str:
+    """:func:`mask_url` applied to each URL of a comma-separated list on its own, so that
+    masking one password does not swallow the hosts of the URLs between."""
+    parts = split_urls(value)
+    return ",".join(mask_url(part) for part in parts) if len(parts) > 1 else mask_url(value)
+
+
 def describe(settings: CommonSettings) -> dict[str, Any]:
     """Settings as a plain dict for the start-up log line, with secrets masked."""
     out: dict[str, Any] = {}
@@ -266,6 +287,6 @@ def describe(settings: CommonSettings) -> dict[str, Any]:
         if f.metadata.get("secret") and value:
             value = "***"
         elif isinstance(value, str) and "://" in value:
-            value = mask_url(value)
+            value = mask_urls(value)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
