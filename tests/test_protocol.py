@@ -13,7 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sluice.errors import ProtocolError
+from sluice.client.main import ClientSettings
+from sluice.errors import ConfigError, ProtocolError
+from sluice.es import index_name
+from sluice.parser.main import ParserSettings
 from sluice.protocol import (
     HEADER_SIZE,
     Ack,
@@ -34,13 +37,14 @@ from sluice.protocol import (
     parse_server,
     read_frame,
 )
+from sluice.server.main import ServerSettings
 
 T = TypeVar("T")
 
 uints = st.integers(min_value=0, max_value=2**64 - 1)
-kinds = st.from_regex(r"[a-z0-9_.-]{1,64}", fullmatch=True)
+kinds = st.from_regex(r"[a-z0-9][a-z0-9_]{0,63}", fullmatch=True).filter(lambda k: k != "dead")
 texts = st.text(max_size=200)
-client_ids = st.text(min_size=1, max_size=128)
+client_ids = st.text(min_size=1, max_size=128).filter(lambda c: len(c.encode("utf-8")) <= 128)
 # msgpack values that survive a round trip unchanged (no tuples, no non-str map keys)
 nonces = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
@@ -231,6 +235,11 @@ def test_bad_bodies(body: bytes, code: str) -> None:
     ({"type": "hello", "version": 2, "client_id": "c"}, ErrorCode.UNSUPPORTED_VERSION),
     ({"type": "hello", "version": 1, "client_id": ""}, ErrorCode.BAD_MESSAGE),
     ({"type": "hello", "version": 1, "client_id": "x" * 129}, ErrorCode.BAD_MESSAGE),
+    ({"type": "hello", "version": 1, "client_id": "\u00e9" * 65}, ErrorCode.BAD_MESSAGE),
+    ({"type": "batch", "seq": 1, "kind": "a.b", "count": 1, "payload": b""}, ErrorCode.BAD_MESSAGE),
+    ({"type": "batch", "seq": 1, "kind": "a-b", "count": 1, "payload": b""}, ErrorCode.BAD_MESSAGE),
+    ({"type": "batch", "seq": 1, "kind": "_a", "count": 1, "payload": b""}, ErrorCode.BAD_MESSAGE),
+    ({"type": "batch", "seq": 1, "kind": "dead", "count": 1, "payload": b""}, ErrorCode.BAD_MESSAGE),
     ({"type": "hello", "version": "1", "client_id": "c"}, ErrorCode.BAD_MESSAGE),
     ({"type": "batch", "seq": -1, "kind": "k", "count": 1, "payload": b""},
      ErrorCode.BAD_MESSAGE),
@@ -247,3 +256,25 @@ def test_bad_client_messages(message: dict[str, Any], code: str) -> None:
     with pytest.raises(ProtocolError) as info:
         parse_client(message)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize("kind", ["measurement", "a", "k_2", "a.b", "a-b", "_a", "Bad", "dead", "x" * 65, ""])
+def test_server_parser_client_and_wire_agree_on_every_kind(kind: str) -> None:
+    """One rule: a kind the server would accept is one a parser can consume and index."""
+    def accepted(build: Any) -> bool:
+        try:
+            build()
+        except (ConfigError, ValueError, ProtocolError):
+            return False
+        return True
+
+    verdicts = {
+        "wire": accepted(lambda: parse_client({"type": "batch", "seq": 1, "kind": kind, "count": 0,
+                                               "payload": b""})),
+        "server": accepted(lambda: ServerSettings(kinds=(kind,))),
+        "parser": accepted(lambda: ParserSettings(kinds=(kind,))),
+        "client": accepted(lambda: ClientSettings(kind=kind, file="records.ndjson")),
+    }
+    assert len(set(verdicts.values())) == 1, verdicts
+    if verdicts["wire"]:
+        assert index_name("sluice", kind, 0).startswith(f"sluice-{kind}-")

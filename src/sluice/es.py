@@ -26,6 +26,7 @@ from typing import Any, Union
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
 from .errors import IndexingError, StoreUnavailable
+from .protocol import KIND_PATTERN, KIND_RULE, RESERVED_KIND
 
 __all__ = [
     "DEAD_KIND",
@@ -54,8 +55,8 @@ TEMPLATE_VERSION = 2
 KEYWORD_FIELDS = ("id", "kind", "sensor", "metric", "unit", "parser")
 
 #: The "kind" part of the dead-letter event indices ``<prefix>-dead-YYYY.MM.DD``; no
-#: record kind may use it.
-DEAD_KIND = "dead"
+#: record kind may use it (the protocol refuses it).
+DEAD_KIND = RESERVED_KIND
 
 #: Keyword fields of the dead-letter event documents (besides ``kind`` and ``parser``,
 #: already in :data:`KEYWORD_FIELDS`); the API counts them by ``reason``.
@@ -69,10 +70,9 @@ _DATE_FORMAT = "strict_date_optional_time||epoch_millis"
 _MS_PER_DAY = 86_400_000
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
-# Index names are lowercase and a few characters are forbidden; "-" is kept out of kinds
-# so that ``<prefix>-<kind>-*`` can never match another kind's indices.
+# Index names are lowercase and a few characters are forbidden. Kinds follow the protocol's
+# rule (protocol.KIND_PATTERN), which keeps "-" out of them for the same reason.
 _PREFIX_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]*\Z")
-_KIND_RE = re.compile(r"[a-z0-9][a-z0-9_]*\Z")
 
 # Statuses after which the same request may succeed later.
 _RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
@@ -110,11 +110,8 @@ def _check_prefix(prefix: str) -> str:
 
 
 def _check_kind(kind: str) -> str:
-    if not _KIND_RE.match(kind):
-        raise ValueError(
-            f"invalid record kind {kind!r} for an index name: lowercase letters, digits "
-            "and '_', starting with a letter or digit"
-        )
+    if not KIND_PATTERN.fullmatch(kind):
+        raise ValueError(f"invalid record kind {kind!r}: {KIND_RULE}")
     return kind
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "HEADER_SIZE",
     "KIND_PATTERN",
+    "KIND_RULE",
+    "MAX_CLIENT_ID_BYTES",
     "PROTOCOL_VERSION",
     "Ack",
     "Batch",
@@ -35,6 +37,7 @@ __all__ = [
     "FrameDecoder",
     "Hello",
     "Nack",
+    "NackCode",
     "Ping",
     "Pong",
     "ServerMessage",
@@ -45,13 +48,23 @@ __all__ = [
     "parse_client",
     "parse_server",
     "read_frame",
+    "validate_kind",
 ]
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
-KIND_PATTERN = re.compile(r"[a-z0-9_.-]{1,64}")
+#: A record kind names a routing key (``raw.<kind>``), a queue (``<ns>.raw.<kind>``) and the
+#: daily indices ``<prefix>-<kind>-YYYY.MM.DD``. "-" and "." are kept out so that index
+#: patterns ``<prefix>-<kind>-*`` and topic bindings can never match another kind's.
+KIND_PATTERN = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+KIND_RULE = "1 to 64 of a-z, 0-9 and '_', starting with a letter or digit, not 'dead'"
+#: The kind of the dead-letter event indices ``<prefix>-dead-*``; no record kind may use it.
+RESERVED_KIND = "dead"
+#: hello.client_id, in UTF-8 bytes: ``<client_id>:<seq>`` (seq up to 20 digits) must fit
+#: AMQP's 255-byte message_id.
+MAX_CLIENT_ID_BYTES = 128
 MAX_UINT64 = 2**64 - 1
 
 
@@ -67,6 +80,21 @@ class ErrorCode:
     TOO_MANY_CONNECTIONS = "too_many_connections"
     SHUTTING_DOWN = "shutting_down"
     DUPLICATE_SEQ = "duplicate_seq"
+
+
+class NackCode:
+    """Codes carried by ``nack`` frames (the connection stays open; the client resends)."""
+
+    UNROUTABLE = "unroutable"    # no queue is bound for the batch's kind
+    REFUSED = "refused"          # the broker refused the batch (e.g. a full queue)
+    UNAVAILABLE = "unavailable"  # the broker link is down or went down before the confirm
+
+
+def validate_kind(kind: str) -> str:
+    """``kind`` if it is a valid record kind, else ValueError saying the rule."""
+    if not KIND_PATTERN.fullmatch(kind) or kind == RESERVED_KIND:
+        raise ValueError(f"invalid record kind {kind!r}: {KIND_RULE}")
+    return kind
 
 
 # -- messages ---------------------------------------------------------------------------
@@ -290,8 +318,8 @@ def parse_client(msg: Mapping[str, Any]) -> ClientMessage:
     kind = msg["type"]
     if kind == "batch":
         batch_kind = _str(msg, "kind")
-        if not KIND_PATTERN.fullmatch(batch_kind):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "batch.kind must match [a-z0-9_.-]{1,64}")
+        if not KIND_PATTERN.fullmatch(batch_kind) or batch_kind == RESERVED_KIND:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"batch.kind must be {KIND_RULE}")
         payload = _field(msg, "payload", bytes, "binary (msgpack bin)")
         return Batch(seq=_uint(msg, "seq"), kind=batch_kind, count=_uint(msg, "count"), payload=payload)
     if kind == "hello":
@@ -302,8 +330,9 @@ def parse_client(msg: Mapping[str, Any]) -> ClientMessage:
                 f"protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}",
             )
         client_id = _str(msg, "client_id")
-        if not 1 <= len(client_id) <= 128:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello.client_id must be 1 to 128 characters")
+        if not client_id or len(client_id.encode("utf-8")) > MAX_CLIENT_ID_BYTES:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                                f"hello.client_id must be 1 to {MAX_CLIENT_ID_BYTES} bytes in UTF-8")
         return Hello(client_id=client_id, version=version)
     if kind == "ping":
         return Ping(nonce=msg.get("nonce"))

@@ -9,9 +9,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from sluice.protocol import Ack, ErrorCode, encode, encode_batch
+from sluice.protocol import MAX_CLIENT_ID_BYTES, Ack, ErrorCode, encode, encode_batch
 from sluice.server.app import IngestServer
-from sluice.server.connection import MAX_CLIENT_ID_BYTES, encode_ack
+from sluice.server.connection import encode_ack
 
 from .conftest import StartServer
 from .queues import message_ids, poll

@@ -45,12 +45,12 @@ def test_settings_from_environment_and_flags() -> None:
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--port", "7100", "--kinds", "a,b.c", "--idle-timeout", "2.5"])
+    args = parser.parse_args(["--port", "7100", "--kinds", "a,b_c", "--idle-timeout", "2.5"])
     settings = load(ServerSettings, args, environ={
         "SLUICE_PORT": "7200", "SLUICE_MAX_INFLIGHT": "8", "SLUICE_NAMESPACE": "ns",
     })
     assert settings.port == 7100  # the flag wins over the environment
-    assert settings.kinds == ("a", "b.c")
+    assert settings.kinds == ("a", "b_c")
     assert settings.idle_timeout == 2.5
     assert settings.max_inflight == 8
     assert settings.namespace == "ns"
@@ -59,6 +59,8 @@ def test_settings_from_environment_and_flags() -> None:
 @pytest.mark.parametrize("environ", [
     {"SLUICE_PORT": "70000"},
     {"SLUICE_KINDS": "Bad Kind"},
+    {"SLUICE_KINDS": "a.b"},
+    {"SLUICE_KINDS": "dead"},
     {"SLUICE_KINDS": ""},
     {"SLUICE_MAX_FRAME": "10"},
     {"SLUICE_MAX_INFLIGHT": "0"},

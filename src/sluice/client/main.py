@@ -9,7 +9,7 @@ from typing import Optional
 
 from ..errors import ConfigError
 from ..logs import configure_logging, get_logger
-from ..protocol import KIND_PATTERN
+from ..protocol import validate_kind
 from ..records import MEASUREMENT_KIND
 from ..settings import CommonSettings, describe, load, option
 from ..settings import add_arguments as add_settings_arguments
@@ -73,8 +73,10 @@ class ClientSettings(CommonSettings):
         for name in ("linger_ms", "rate", "duration", "count", "drain_timeout", "give_up_after"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
-        if not KIND_PATTERN.fullmatch(self.kind):
-            raise ConfigError(f"kind must match [a-z0-9_.-]{{1,64}}, not {self.kind!r}")
+        try:
+            validate_kind(self.kind)
+        except ValueError as exc:
+            raise ConfigError(f"kind: {exc}") from exc
         if not self.file and self.kind != MEASUREMENT_KIND:
             raise ConfigError("the generator makes measurement records; other kinds need --file")
 

@@ -46,6 +46,7 @@ from ..logs import RateLimitedLog, get_logger
 from ..protocol import (
     DEFAULT_MAX_FRAME,
     HEADER_SIZE,
+    MAX_CLIENT_ID_BYTES,
     PROTOCOL_VERSION,
     Ack,
     Bye,
@@ -53,6 +54,7 @@ from ..protocol import (
     ErrorFrame,
     Hello,
     Nack,
+    NackCode,
     Ping,
     Pong,
     Welcome,
@@ -76,21 +78,19 @@ _REPLY_MAX_FRAME = DEFAULT_MAX_FRAME
 _SETTLE_TIMEOUT = 10.0
 #: the transport buffers this much before ``drain`` blocks, so batches pipeline freely
 _WRITE_BUFFER = 4 * 1024 * 1024
-#: hello.client_id is at most this many bytes of UTF-8 (wire protocol v1)
-_MAX_CLIENT_ID_BYTES = 128
-
 #: nack codes meaning "not now" (RabbitMQ down or restarting): retried until give_up_after,
 #: never counted against max_tries
-TRANSIENT_NACKS = frozenset({"unavailable"})
-UNROUTABLE = "unroutable"
+TRANSIENT_NACKS = frozenset({NackCode.UNAVAILABLE})
+UNROUTABLE = NackCode.UNROUTABLE
 #: nothing is bound for the batch's kind; resending will not bind anything, so give up soon
 UNROUTABLE_TRIES = 3
 
 
 def session_client_id(base: str, session: int) -> str:
-    """``<base>.<session>``, ``base`` cut (on a UTF-8 boundary) to keep it within 128 bytes."""
+    """``<base>.<session>``, ``base`` cut (on a UTF-8 boundary) to keep it within the
+    protocol's limit of :data:`~sluice.protocol.MAX_CLIENT_ID_BYTES`."""
     suffix = f".{session}"
-    room = _MAX_CLIENT_ID_BYTES - len(suffix)
+    room = MAX_CLIENT_ID_BYTES - len(suffix)
     clipped = base.encode("utf-8")[:room].decode("utf-8", errors="ignore")
     return clipped + suffix
 

@@ -18,10 +18,11 @@ from elasticsearch.serializer import JsonSerializer
 
 from ..backoff import Backoff
 from ..errors import ConfigError, IndexingError, StoreUnavailable
-from ..es import DEAD_KIND, ensure_template, index_name, make_client
+from ..es import ensure_template, index_name, make_client
 from ..lifecycle import TaskOwner, run_service, stop_on_signals
 from ..logs import configure_logging, get_logger
 from ..ops import OpsServer
+from ..protocol import validate_kind
 from ..settings import BrokerSettings, StoreSettings, describe, load, option
 from ..settings import add_arguments as add_settings_arguments
 from ..topology import Topology
@@ -83,13 +84,9 @@ class ParserSettings(BrokerSettings, StoreSettings):
             raise ConfigError("kinds: name at least one record kind")
         for kind in self.kinds:
             try:
-                index_name("sluice", kind, 0)
+                validate_kind(kind)
             except ValueError as exc:
                 raise ConfigError(f"kinds: {exc}") from exc
-            if kind == DEAD_KIND:
-                raise ConfigError(
-                    f"kinds: {DEAD_KIND!r} is reserved for the dead-letter event indices"
-                )
         try:
             index_name(self.index_prefix, "kind", 0)
         except ValueError as exc:

@@ -46,13 +46,10 @@ from .metrics import ServerMetrics
 from .publisher import UNAVAILABLE, Publication, Publisher
 from .streams import close_stream, close_with_error
 
-__all__ = ["MAX_CLIENT_ID_BYTES", "Connection", "ConnectionContext", "encode_ack"]
+__all__ = ["Connection", "ConnectionContext", "encode_ack"]
 
 log = get_logger(__name__)
 
-#: AMQP message_id is a short string (255 bytes) holding "<client_id>:<seq>", and seq has
-#: up to 20 digits; every ASCII id of the protocol's 128 characters fits.
-MAX_CLIENT_ID_BYTES = 255 - 1 - 20
 
 IDLE = "idle"
 SHUTDOWN = "shutdown"
@@ -260,10 +257,6 @@ class Connection:
         if not isinstance(message, Hello):
             raise ProtocolError(ErrorCode.UNEXPECTED_TYPE,
                                 f"the first frame must be hello, not {_FRAME_TYPES[type(message)]}")
-        if len(message.client_id.encode("utf-8")) > MAX_CLIENT_ID_BYTES:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE,
-                                f"hello.client_id must be at most {MAX_CLIENT_ID_BYTES} bytes "
-                                "in UTF-8")
         self.client_id = message.client_id
         self._writer.write(self._ctx.welcome)
 

@@ -10,7 +10,7 @@ from .. import settings as settings_mod
 from ..errors import ConfigError
 from ..lifecycle import run_service, stop_on_signals
 from ..logs import configure_logging, get_logger
-from ..protocol import DEFAULT_MAX_FRAME, KIND_PATTERN
+from ..protocol import DEFAULT_MAX_FRAME, validate_kind
 from ..settings import BrokerSettings, option
 
 __all__ = ["HELP", "ServerSettings", "add_arguments", "main", "serve"]
@@ -47,8 +47,10 @@ class ServerSettings(BrokerSettings):
         if not self.kinds:
             raise ConfigError("kinds must name at least one kind")
         for kind in self.kinds:
-            if not KIND_PATTERN.fullmatch(kind):
-                raise ConfigError(f"kind {kind!r} must match [a-z0-9_.-]{{1,64}}")
+            try:
+                validate_kind(kind)
+            except ValueError as exc:
+                raise ConfigError(f"kinds: {exc}") from exc
         if not 64 <= self.max_frame <= 2**32 - 1:
             raise ConfigError(f"max_frame must be 64..{2**32 - 1} bytes, not {self.max_frame}")
         if self.max_inflight < 1:

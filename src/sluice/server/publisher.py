@@ -28,7 +28,7 @@ from ..amqp import BrokerLink
 from ..errors import BrokerUnavailable
 from ..lifecycle import TaskOwner
 from ..logs import get_logger
-from ..protocol import Batch
+from ..protocol import Batch, NackCode
 from ..topology import Topology
 from .metrics import ServerMetrics
 
@@ -36,9 +36,9 @@ __all__ = ["REFUSED", "UNAVAILABLE", "UNROUTABLE", "Publication", "Publisher", "
 
 log = get_logger(__name__)
 
-UNROUTABLE = "unroutable"
-REFUSED = "refused"
-UNAVAILABLE = "unavailable"
+UNROUTABLE = NackCode.UNROUTABLE
+REFUSED = NackCode.REFUSED
+UNAVAILABLE = NackCode.UNAVAILABLE
 
 #: settle(seq, code, message): code None = confirmed by RabbitMQ
 Settle = Callable[[int, Optional[str], str], None]
