@@ -17,4 +17,5 @@ pytest_plugins = [
     "tests.support.elasticsearch",
     "tests.support.api",
     "tests.support.browser",
+    "tests.support.locks",
 ]
