@@ -278,7 +278,12 @@ async def test_a_server_holding_acks_but_answering_pings_is_not_given_up(server:
     stream = Stream(0, "127.0.0.1", port, "slow", feed, stats, max_tries=3, ping_interval=0.02,
                     backoff=Backoff(base=0.001, cap=0.01))
     task = asyncio.ensure_future(stream.run())
-    await asyncio.sleep(0.5)  # 8 silence timeouts
+    # Pings are at least ping_interval apart: 25 of them span 8 silence timeouts (0.06 s),
+    # however slow the machine.
+    for _ in range(30_000):
+        if server.pings >= 25 and len(server.seen) >= 7:
+            break
+        await asyncio.sleep(0.001)
     assert server.connections == 1
     assert len(server.seen) == 7  # max_inflight - 1
     assert server.pings > 5

@@ -96,7 +96,7 @@ async def test_unroutable_kind_is_nacked_and_the_connection_goes_on(
     client = await RawClient.connect(server.port)
     clients.append(client)
     await client.hello()
-    client.batch(1, b"\x90", kind="nobody.binds.this")
+    client.batch(1, b"\x90", kind="nobody_binds_this")
     nack = await client.recv()
     assert nack is not None
     assert (nack["type"], nack["seq"], nack["code"]) == ("nack", 1, UNROUTABLE)
