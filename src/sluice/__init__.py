@@ -9,6 +9,8 @@ aggregations and a dashboard (:mod:`sluice.api`).
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from .errors import (
     BrokerError,
     BrokerUnavailable,
@@ -21,7 +23,10 @@ from .errors import (
     StoreUnavailable,
 )
 
-__version__ = "0.1.0"
+try:
+    __version__: str = _metadata.version("sluice")
+except _metadata.PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BrokerError",

@@ -27,6 +27,7 @@ from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
 from .errors import IndexingError, StoreUnavailable
 from .protocol import KIND_PATTERN, KIND_RULE, RESERVED_KIND
+from .timestamps import MS_PER_DAY
 
 __all__ = [
     "DEAD_KIND",
@@ -67,7 +68,6 @@ DEAD_LETTER_KEYWORD_FIELDS = ("reason", "source_message_id", "record_id", "insta
 ERROR_IGNORE_ABOVE = 1024
 
 _DATE_FORMAT = "strict_date_optional_time||epoch_millis"
-_MS_PER_DAY = 86_400_000
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 # Index names are lowercase and a few characters are forbidden. Kinds follow the protocol's
@@ -187,7 +187,7 @@ def _day_suffix(day: int) -> str:
 def index_name(prefix: str, kind: str, ts_ms: float) -> str:
     """The daily index for a record of ``kind`` at ``ts_ms`` (epoch milliseconds, UTC)."""
     try:
-        day = int(ts_ms // _MS_PER_DAY)
+        day = int(ts_ms // MS_PER_DAY)
     except (OverflowError, ValueError) as exc:
         raise ValueError(f"timestamp {ts_ms!r} is not a finite number of milliseconds") from exc
     return f"{_check_prefix(prefix)}-{_check_kind(kind)}-{_day_suffix(day)}"

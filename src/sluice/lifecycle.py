@@ -14,7 +14,16 @@ from typing import Any, Callable, TypeVar
 
 from .logs import get_logger
 
-__all__ = ["TaskOwner", "install_uvloop", "run_service", "stop_on_signals"]
+# ``uvloop.run`` makes a uvloop loop for one run instead of installing an event-loop policy
+# (an API that Python 3.14 deprecates). uvloop is not built for every platform (Windows):
+# asyncio's own loop is the fallback there.
+_run_loop: Callable[[Coroutine[Any, Any, int]], int]
+try:
+    from uvloop import run as _run_loop
+except ImportError:
+    _run_loop = asyncio.run
+
+__all__ = ["TaskOwner", "run_service", "stop_on_signals"]
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -62,16 +71,6 @@ class TaskOwner:
         self._tasks.clear()
 
 
-def install_uvloop() -> bool:
-    """Use uvloop when it is importable; returns whether it is in use."""
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
-
-
 def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
     """Set ``stop`` on SIGTERM or SIGINT; returns a function removing the handlers."""
     loop = asyncio.get_running_loop()
@@ -90,5 +89,4 @@ def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
 
 def run_service(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run a service's main coroutine on uvloop when available; returns its exit status."""
-    install_uvloop()
-    return asyncio.run(main())
+    return _run_loop(main())

@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import RecordError
+from .timestamps import MAX_TS
 
 __all__ = ["MEASUREMENT_KIND", "validate_measurement"]
 
 MEASUREMENT_KIND = "measurement"
 _REQUIRED = ("id", "sensor", "metric", "value", "ts")
 _KNOWN = frozenset((*_REQUIRED, "unit", "tags"))
-_MAX_TS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last instant a date field holds
 
 
 def _text(record: Mapping[str, Any], name: str, limit: int) -> str:
@@ -69,7 +69,7 @@ def validate_measurement(record: Any) -> dict[str, Any]:
         raise RecordError("bad_value", "value must be finite")
     out["value"] = value
     ts = record["ts"]
-    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= _MAX_TS:
+    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= MAX_TS:
         raise RecordError("bad_ts", "ts must be an integer of Unix epoch milliseconds")
     out["ts"] = ts
     if "unit" in record:

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sluice.errors import ConfigError, RecordError
-from sluice.parser.builtin import MeasurementParser, UppercaseParser, iso_utc_ms
+from sluice.parser.builtin import MeasurementParser, UppercaseParser
+from sluice.timestamps import iso_utc_ms
 
 MAX_TS = 253402300799999  # 9999-12-31T23:59:59.999Z
 

@@ -13,9 +13,10 @@ from typing import Any, Optional
 
 from aiohttp import web
 
+from ..timestamps import iso_utc_ms
 from ..topology import Topology
 from . import params, queries
-from .params import Filters, filters_of, iso, parse_query
+from .params import Filters, filters_of, parse_query
 from .pipeline import QueueInspector
 from .responses import ApiError, json_response
 from .store import Store
@@ -100,8 +101,8 @@ async def histogram(request: web.Request) -> web.Response:
     return json_response(request, {
         "interval": queries.format_interval(interval),
         "interval_ms": interval,
-        "from": iso(start) if span is not None else None,
-        "to": iso(end) if span is not None else None,
+        "from": iso_utc_ms(start) if span is not None else None,
+        "to": iso_utc_ms(end) if span is not None else None,
         "buckets": buckets,
         "filters": f.describe(),
     })
@@ -170,7 +171,7 @@ async def pipeline(request: web.Request) -> web.Response:
     ]
     dead_total = sum(q["messages"] or 0 for q in dead_queues) if broker_up else None
     return json_response(request, {
-        "generated_at": iso(int(time.time() * 1000)),
+        "generated_at": iso_utc_ms(int(time.time() * 1000)),
         "broker": {
             "up": broker_up,
             "error": None if broker_up else (

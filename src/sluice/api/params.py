@@ -17,12 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ..timestamps import MAX_TS, iso_utc_ms
 from .responses import ApiError
 
 __all__ = [
     "HISTOGRAM",
     "MAX_REPEAT",
-    "MAX_TS",
     "MEASUREMENTS",
     "PIPELINE",
     "SENSORS",
@@ -33,14 +33,12 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "filters_of",
-    "iso",
     "parse_interval",
     "parse_query",
     "parse_time",
 ]
 
 #: 9999-12-31T23:59:59.999Z, the last instant a record's ``ts`` may hold (see records.py).
-MAX_TS = 253_402_300_799_999
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _MS = _dt.timedelta(milliseconds=1)
 
@@ -336,15 +334,10 @@ class Filters:
         return {
             "metric": self.metric,
             "sensor": self.sensor,
-            "from": iso(self.start) if self.start is not None else None,
-            "to": iso(self.end) if self.end is not None else None,
+            "from": iso_utc_ms(self.start) if self.start is not None else None,
+            "to": iso_utc_ms(self.end) if self.end is not None else None,
             "tags": [f"{k}:{v}" for k, v in self.tags],
         }
-
-
-def iso(ms: int) -> str:
-    moment = _EPOCH + _dt.timedelta(milliseconds=ms)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def filters_of(values: Mapping[str, Any]) -> Filters:

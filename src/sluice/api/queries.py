@@ -11,7 +11,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from .params import Filters, iso
+from ..timestamps import iso_utc_ms
+from .params import Filters
 
 __all__ = [
     "AUTO_BUCKETS",
@@ -213,7 +214,7 @@ def _group(bucket: Mapping[str, Any]) -> dict[str, Any]:
         "min": _num(_value_of(bucket, "min_value")),
         "max": _num(_value_of(bucket, "max_value")),
         "sum": _num(_value_of(bucket, "sum_value")) or 0.0,
-        "last_seen": iso(int(last)) if last is not None else None,
+        "last_seen": iso_utc_ms(int(last)) if last is not None else None,
     }
 
 
@@ -309,7 +310,7 @@ def histogram_result(resp: Mapping[str, Any], start: int, end: int) -> list[dict
     for bucket in agg.get("buckets") or []:
         key = int(bucket["key"])
         out.append({
-            "t": iso(key),
+            "t": iso_utc_ms(key),
             "ts": key,
             "count": _count(bucket.get("doc_count")),
             "avg": _num(_value_of(bucket, "avg_value")),
@@ -395,15 +396,15 @@ def ingest_result(resp: Mapping[str, Any], window_start: int, bucket_start: int,
     aggs = resp.get("aggregations") or {}
     per_interval = ((aggs.get("per_interval") or {}).get("histogram") or {}).get("buckets") or []
     buckets = [
-        {"t": iso(int(b["key"])), "ts": int(b["key"]), "count": _count(b.get("doc_count"))}
+        {"t": iso_utc_ms(int(b["key"])), "ts": int(b["key"]), "count": _count(b.get("doc_count"))}
         for b in per_interval
         if bucket_start <= int(b["key"]) < end
     ]
     count = _count((aggs.get("window") or {}).get("doc_count"))
     span_s = (end - window_start) / 1000.0
     return {
-        "from": iso(window_start),
-        "to": iso(end),
+        "from": iso_utc_ms(window_start),
+        "to": iso_utc_ms(end),
         "count": count,
         "rate_per_s": count / span_s if span_s > 0 else 0.0,
         "buckets": buckets,

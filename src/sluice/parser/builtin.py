@@ -13,9 +13,10 @@ from typing import Callable
 
 from ..errors import ConfigError, RecordError
 from ..records import MEASUREMENT_KIND, validate_measurement
+from ..timestamps import second_text
 from .interface import ANY_KIND, Document, Record
 
-__all__ = ["MeasurementParser", "UppercaseParser", "iso_utc_ms"]
+__all__ = ["MeasurementParser", "UppercaseParser"]
 
 
 def _check_options(parser: str, options: Mapping[str, str], allowed: frozenset[str]) -> None:
@@ -27,15 +28,6 @@ def _check_options(parser: str, options: Mapping[str, str], allowed: frozenset[s
             f"parser {parser!r} does not understand option(s) {', '.join(unknown)} "
             f"(it takes {takes})"
         )
-
-
-def _second_text(second: int) -> str:
-    t = time.gmtime(second)
-    # Formatted by hand: strftime's %Y does not zero-pad years below 1000 on every libc.
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
-        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-    )
 
 
 class _MillisFormatter:
@@ -58,17 +50,11 @@ class _MillisFormatter:
             return self._text
         second, ms = divmod(millis, 1000)
         if second != self._second:
-            self._second_text = _second_text(second)
+            self._second_text = second_text(second)
             self._second = second
         self._millis = millis
         self._text = f"{self._second_text}.{ms:03d}Z"
         return self._text
-
-
-def iso_utc_ms(millis: int) -> str:
-    """``1700000000123`` -> ``"2023-11-14T22:13:20.123Z"`` (no caching; for callers off the hot path)."""
-    second, ms = divmod(millis, 1000)
-    return f"{_second_text(second)}.{ms:03d}Z"
 
 
 class MeasurementParser:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime as dt
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -45,6 +44,7 @@ from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from ..backoff import Backoff
 from ..es import DEAD_KIND, ERROR_IGNORE_ABOVE, index_name, store_error
 from ..logs import RateLimitedLog, get_logger
+from ..timestamps import iso_utc_ms
 from .deadletter import DeadLetter
 from .indexer import action_prefix, encode_create
 from .stats import ParserMetrics
@@ -94,11 +94,6 @@ def event_document(
     if letter.position is not None:
         doc["position"] = letter.position
     return doc
-
-
-def _iso(ms: int) -> str:
-    moment = dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 class DeadLetterEvents:
@@ -155,7 +150,7 @@ class DeadLetterEvents:
     ) -> None:
         now_ms = int(time.time() * 1000)
         prefix = action_prefix(index_name(self._prefix, DEAD_KIND, now_ms))
-        timestamp = _iso(now_ms)
+        timestamp = iso_utc_ms(now_ms)
         parser = self._parsers.get(kind, "")
         room = self._max_pending - len(self._pending)
         if room < len(letters):

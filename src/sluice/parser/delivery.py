@@ -18,12 +18,12 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from ..errors import RecordError
 from ..es import index_name
+from ..timestamps import MS_PER_DAY
 from .deadletter import POISON, DeadLetter
 from .indexer import action_prefix
 
 __all__ = ["Chain", "Delivery", "MessageDecoder"]
 
-_MS_PER_DAY = 86_400_000
 # Distinct days seen before the action-prefix cache is cleared (backfills span many).
 _DAY_CACHE_LIMIT = 4096
 
@@ -94,7 +94,7 @@ class MessageDecoder:
         cache = self._actions[kind]
         if len(cache) >= _DAY_CACHE_LIMIT:
             cache.clear()
-        index = index_name(self._prefix, kind, day * _MS_PER_DAY)
+        index = index_name(self._prefix, kind, day * MS_PER_DAY)
         prefix = action_prefix(index)
         cache[day] = prefix
         return prefix
@@ -145,7 +145,7 @@ class MessageDecoder:
                 if type(ts) is not int:
                     ts = _whole_ms(ts)
                     doc["ts"] = ts
-                day = ts // _MS_PER_DAY
+                day = ts // MS_PER_DAY
                 prefix = prefixes.get(day)
                 if prefix is None:
                     prefix = self._action_prefix(kind, day)
