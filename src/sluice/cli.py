@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "client": "sluice.client.main",
     "parser": "sluice.parser.main",
     "api": "sluice.api.main",
+    "deadletters": "sluice.deadletters.main",
+    "retention": "sluice.retention",
 }
 
 

@@ -13,6 +13,13 @@ indexing twice.
 The parser writes through :func:`make_client` and :func:`index_name`; the API reads
 through :func:`index_pattern`. Both call :func:`ensure_template` at startup, so whichever
 starts first installs the mapping before any index is created.
+
+The template carries a ``version`` (:data:`TEMPLATE_VERSION`) and is only ever replaced
+by a newer one: during a rolling update old and new processes start in any order, and
+the newer mapping stays. Where Elasticsearch has ILM, a lifecycle policy
+``<prefix>-retention`` deletes each index ``retention_days`` after its creation and the
+template attaches it; where it has none (the osmem stand-in), that is logged once and
+``sluice retention`` (:mod:`sluice.retention`) deletes old daily indices by their name.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from typing import Any, Union
 
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
-from .errors import IndexingError, StoreUnavailable
+from .logs import get_logger
 from .protocol import KIND_PATTERN, KIND_RULE, RESERVED_KIND
+from .storeerrors import request_fault, store_error
 from .timestamps import MS_PER_DAY
 
 __all__ = [
@@ -36,13 +44,19 @@ __all__ = [
     "ERROR_IGNORE_ABOVE",
     "KEYWORD_FIELDS",
     "TEMPLATE_PRIORITY",
+    "TEMPLATE_VERSION",
+    "ensure_lifecycle_policy",
     "ensure_template",
     "index_name",
     "index_pattern",
     "index_template",
+    "lifecycle_policy",
+    "lifecycle_policy_name",
     "make_client",
     "store_error",
 ]
+
+log = get_logger(__name__)
 
 DEFAULT_PREFIX = "sluice"
 
@@ -50,8 +64,9 @@ DEFAULT_PREFIX = "sluice"
 # such as "logs" never ties with them, which Elasticsearch rejects.
 TEMPLATE_PRIORITY = 200
 
-# Bumped whenever the mapping changes; recorded in the template's ``_meta``.
-TEMPLATE_VERSION = 2
+#: Bumped whenever the template changes; its ``version`` (and ``_meta.version``). A
+#: process never replaces a template of a version at or above its own.
+TEMPLATE_VERSION = 3
 
 KEYWORD_FIELDS = ("id", "kind", "sensor", "metric", "unit", "parser")
 
@@ -73,9 +88,6 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 # Index names are lowercase and a few characters are forbidden. Kinds follow the protocol's
 # rule (protocol.KIND_PATTERN), which keeps "-" out of them for the same reason.
 _PREFIX_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]*\Z")
-
-# Statuses after which the same request may succeed later.
-_RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 Hosts = Union[str, Sequence[str]]
 
@@ -115,17 +127,22 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def index_template(prefix: str = DEFAULT_PREFIX, *, replicas: int | None = None) -> dict[str, Any]:
+def index_template(
+    prefix: str = DEFAULT_PREFIX, *, replicas: int | None = None, lifecycle: str | None = None,
+) -> dict[str, Any]:
     """The body of the composable index template ``<prefix>`` for ``<prefix>-*``.
 
     Pass it as keyword arguments to ``indices.put_index_template(name=prefix, ...)``.
     ``replicas`` sets ``number_of_replicas`` (0 keeps a one-node cluster green);
-    ``None`` leaves the cluster's default.
+    ``None`` leaves the cluster's default. ``lifecycle`` names the ILM policy of new
+    indices (only where Elasticsearch has ILM: others refuse the setting).
     """
     _check_prefix(prefix)
     settings: dict[str, Any] = {"number_of_shards": 1}
     if replicas is not None:
         settings["number_of_replicas"] = replicas
+    if lifecycle is not None:
+        settings["lifecycle"] = {"name": lifecycle}
     properties: dict[str, Any] = {
         name: {"type": "keyword"} for name in (*KEYWORD_FIELDS, *DEAD_LETTER_KEYWORD_FIELDS)
     }
@@ -157,22 +174,93 @@ def index_template(prefix: str = DEFAULT_PREFIX, *, replicas: int | None = None)
                 "properties": properties,
             },
         },
+        "version": TEMPLATE_VERSION,
         "_meta": {"managed_by": "sluice", "version": TEMPLATE_VERSION},
     }
 
 
+def lifecycle_policy_name(prefix: str) -> str:
+    return f"{_check_prefix(prefix)}-retention"
+
+
+def lifecycle_policy(retention_days: int) -> dict[str, Any]:
+    """The ILM policy: indices are deleted ``retention_days`` after their creation
+    (0: kept for ever, the policy has no delete phase)."""
+    phases: dict[str, Any] = {"hot": {"min_age": "0ms", "actions": {}}}
+    if retention_days > 0:
+        phases["delete"] = {"min_age": f"{retention_days}d", "actions": {"delete": {}}}
+    return {"phases": phases, "_meta": {"managed_by": "sluice", "retention_days": retention_days}}
+
+
+async def ensure_lifecycle_policy(
+    client: AsyncElasticsearch, prefix: str, retention_days: int
+) -> str | None:
+    """Install the ILM policy ``<prefix>-retention``; its name, or None when this
+    Elasticsearch has no ILM (then ``sluice retention`` must delete old indices)."""
+    name = lifecycle_policy_name(prefix)
+    try:
+        await client.ilm.put_lifecycle(name=name, policy=lifecycle_policy(retention_days))
+    except (ApiError, TransportError) as exc:
+        fault = request_fault(exc, f"cannot install ILM policy {name!r}", writing=False)
+        if fault.unreachable:
+            raise store_error(exc, f"cannot install ILM policy {name!r}") from exc
+        # 400 "no handler found" (osmem), 404/405, no privilege for ILM, or a cluster
+        # without the feature: retention falls back to deleting by name.
+        log.warning(
+            "ilm_unavailable", error=fault.detail[:300],
+            note="no index lifecycle here: run `sluice retention` (the compose service "
+            "`retention` does, daily) to delete daily indices older than retention_days",
+        )
+        return None
+    return name
+
+
+async def _installed_version(client: AsyncElasticsearch, prefix: str) -> int | None:
+    """The ``version`` of the installed template ``<prefix>`` (0 without one); None
+    when there is no such template."""
+    try:
+        found = await client.indices.get_index_template(name=prefix)
+    except ApiError as exc:
+        if exc.meta.status == 404:
+            return None
+        raise
+    for entry in found.body.get("index_templates", []):
+        if entry.get("name") == prefix:
+            version = entry.get("index_template", {}).get("version")
+            return version if isinstance(version, int) else 0
+    return None
+
+
 async def ensure_template(
-    client: AsyncElasticsearch, prefix: str = DEFAULT_PREFIX, *, replicas: int | None = None
+    client: AsyncElasticsearch, prefix: str = DEFAULT_PREFIX, *, replicas: int | None = None,
+    retention_days: int | None = None,
 ) -> None:
-    """Install (or overwrite with the same content) the template ``<prefix>``.
+    """Install the template ``<prefix>`` unless one of the same or a newer version is
+    there; with ``retention_days``, the ILM policy first (where there is ILM).
 
     Safe to call from every process at startup. Indices created before it keep their
-    mapping; only new daily indices pick up a change.
+    mapping; only new daily indices pick up a change. Check and write are two requests:
+    when an older process wrote in between, the newer one finds it on its re-read and
+    writes again, so the newest version is what stays.
     """
+    context = f"cannot install index template {prefix!r}"
     try:
-        await client.indices.put_index_template(name=prefix, **index_template(prefix, replicas=replicas))
+        lifecycle = None
+        if retention_days is not None:
+            lifecycle = await ensure_lifecycle_policy(client, prefix, retention_days)
+        body = index_template(prefix, replicas=replicas, lifecycle=lifecycle)
+        for _ in range(3):
+            installed = await _installed_version(client, prefix)
+            if installed is not None and installed >= TEMPLATE_VERSION:
+                if installed > TEMPLATE_VERSION:
+                    log.info("template_newer_kept", template=prefix, installed=installed,
+                             ours=TEMPLATE_VERSION)
+                return
+            await client.indices.put_index_template(name=prefix, **body)
+            log.info("template_installed", template=prefix, version=TEMPLATE_VERSION,
+                     replaced=installed, lifecycle=lifecycle)
     except (ApiError, TransportError) as exc:
-        raise store_error(exc, f"cannot install index template {prefix!r}") from exc
+        raise store_error(exc, context) from exc
 
 
 @functools.lru_cache(maxsize=256)
@@ -199,20 +287,3 @@ def index_pattern(prefix: str = DEFAULT_PREFIX, kind: str = "*") -> str:
     if kind != "*":
         _check_kind(kind)
     return f"{prefix}-{kind}-*"
-
-
-def store_error(exc: Exception, context: str = "Elasticsearch request failed") -> IndexingError:
-    """Classify an elasticsearch-py error: ``StoreUnavailable`` when retrying later may
-    work (no connection, timeout, 408/429/5xx), ``IndexingError`` otherwise.
-
-    The caller raises the result ``from exc``.
-    """
-    if isinstance(exc, ApiError):
-        status = exc.meta.status
-        message = f"{context}: {status} {exc.message}"
-        if status in _RETRYABLE_STATUSES or status >= 500:
-            return StoreUnavailable(message)
-        return IndexingError(message)
-    if isinstance(exc, TransportError):
-        return StoreUnavailable(f"{context}: {exc.message}")
-    return IndexingError(f"{context}: {exc!r}")

@@ -103,6 +103,15 @@ class StoreSettings(CommonSettings):
 
     es_url: str = option("http://localhost:9200", "Elasticsearch URL")
     index_prefix: str = option("sluice", "prefix of the index template and daily indices")
+    retention_days: int = option(
+        30, "days a daily index is kept (0 = for ever): the ILM policy where Elasticsearch "
+        "has ILM, `sluice retention` everywhere"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.retention_days < 0:
+            raise ConfigError("retention_days cannot be negative (0 keeps indices for ever)")
 
 
 def env_name(field_name: str) -> str:

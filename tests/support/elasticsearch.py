@@ -83,8 +83,15 @@ class EsOutage:
     def is_paused(self) -> bool:
         return self._proxy.paused
 
-    def pause(self, status: Optional[int] = None) -> None:
-        self._proxy.pause(status)
+    def pause(self, status: Optional[int] = None, error: Any = None) -> None:
+        self._proxy.pause(status, error)
+
+    def fail_items(self, ids: Optional[Any], status: int, error: Any) -> None:
+        """Bulk items with these ``_id`` values (all when None) are answered with this error."""
+        self._proxy.fail_items(ids, status, error)
+
+    def clear_faults(self) -> None:
+        self._proxy.clear_faults()
 
     def resume(self) -> None:
         self._proxy.resume()
@@ -284,6 +291,7 @@ def es_outage(es_service: EsService) -> Iterator[EsOutage]:
         yield outage
     finally:
         # The proxy is shared by the whole session.
+        es_service.proxy.clear_faults()
         es_service.proxy.resume()
 
 

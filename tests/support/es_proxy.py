@@ -7,7 +7,12 @@ everything else through: method, raw path and query string, body, status, respon
 
 It can also simulate an outage: ``pause()`` stops listening and drops open connections, so
 clients see "connection refused" exactly as when Elasticsearch is down, and ``resume()``
-listens again on the same port. ``pause(status=503)`` instead answers every request with 503.
+listens again on the same port. ``pause(status=503)`` instead answers every request with 503
+(``pause(status=403, error={"type": "cluster_block_exception", ...})`` with that error body).
+
+``fail_items(ids, status, error)`` makes ``_bulk`` answer the actions with those ``_id`` values
+(every action when ``ids`` is None) with that per-item error, as Elasticsearch does, while
+the other actions of the same request reach the server; ``clear_faults()`` ends it.
 
 This file must stay self-contained (aiohttp + stdlib only): it is copied into a container
 image as a stand-in and run as a script::
@@ -122,6 +127,8 @@ class EsProxy:
         self._web_server: Optional[web.Server] = None
         self._listener: Optional[asyncio.AbstractServer] = None
         self._paused_status: Optional[int] = None
+        self._paused_error: Any = None
+        self._item_fault: Optional[tuple[Optional[frozenset[str]], int, Any]] = None
         self._refusing = False
         self._in_flight: set[asyncio.Task[Any]] = set()
 
@@ -161,21 +168,31 @@ class EsProxy:
             await self._session.close()
             self._session = None
 
-    async def pause(self, status: Optional[int] = None) -> None:
+    async def pause(self, status: Optional[int] = None, error: Any = None) -> None:
         """Make the service unavailable until ``resume()``.
 
         Without ``status`` the port stops accepting (connection refused) and open
-        connections are dropped; with a status every request is answered with it.
+        connections are dropped; with a status every request is answered with it, and
+        with ``error`` as the body's ``error`` (an Elasticsearch error object).
         """
         if status is not None:
             self._paused_status = status
+            self._paused_error = error
             return
         self._refusing = True
         await self._close_listener()
         self._drop_connections()
 
+    def fail_items(self, ids: Optional[Iterable[str]], status: int, error: Any) -> None:
+        """Answer ``_bulk`` actions with these ``_id`` values (all when None) with an item error."""
+        self._item_fault = (None if ids is None else frozenset(ids), status, error)
+
+    def clear_faults(self) -> None:
+        self._item_fault = None
+
     async def resume(self) -> None:
         self._paused_status = None
+        self._paused_error = None
         if self._refusing:
             self._refusing = False
             await self._listen()
@@ -230,13 +247,16 @@ class EsProxy:
     async def _forward(self, request: web.BaseRequest) -> web.StreamResponse:
         if self._paused_status is not None:
             return web.json_response(
-                {"error": "es_proxy: service paused", "status": self._paused_status},
+                {"error": self._paused_error or "es_proxy: service paused",
+                 "status": self._paused_status},
                 status=self._paused_status,
             )
         assert self._session is not None
         target = URL(str(self.upstream) + request.raw_path, encoded=True)
         # Not request.read(): that caps bodies at 1 MiB, and bulk requests are far larger.
         body = await request.content.read()
+        if self._item_fault is not None and request.path.endswith("/_bulk") and body:
+            return await self._bulk_with_faults(request, target, body, self._item_fault)
         try:
             async with self._session.request(
                 request.method,
@@ -263,6 +283,46 @@ class EsProxy:
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
             log.warning("upstream %s unreachable: %r", self.upstream, exc)
             return web.json_response({"error": f"es_proxy: upstream unreachable: {exc!r}", "status": 502}, status=502)
+
+
+    async def _bulk_with_faults(
+        self, request: web.BaseRequest, target: URL, body: bytes,
+        fault: tuple[Optional[frozenset[str]], int, Any],
+    ) -> web.StreamResponse:
+        """Forward the actions the fault spares; answer the others with its error, each
+        at its place in ``items``. Only ``create``/``index`` actions (two lines) are sent
+        by sluice, so the body is read as pairs."""
+        ids, status, error = fault
+        lines = body.splitlines()
+        pairs = [lines[i:i + 2] for i in range(0, len(lines), 2)]
+        failed: list[bool] = []
+        for pair in pairs:
+            action = json.loads(pair[0])
+            meta = next(iter(action.values()))
+            failed.append(ids is None or meta.get("_id") in ids)
+        kept = b"".join(b"\n".join(pair) + b"\n" for pair, bad in zip(pairs, failed) if not bad)
+        upstream_items: list[Any] = []
+        took = 0
+        if kept:
+            async with self._session.request(  # type: ignore[union-attr]
+                request.method, target, data=io.BytesIO(kept),
+                headers=self._forward_headers(request.headers.items()),
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            ) as upstream:
+                answer = json.loads(await upstream.read())
+                if upstream.status != 200:
+                    return web.json_response(answer, status=upstream.status,
+                                             headers={"X-Elastic-Product": "Elasticsearch"})
+                upstream_items = list(answer.get("items", []))
+                took = int(answer.get("took", 0))
+        items = []
+        for bad in failed:
+            items.append({"create": {"status": status, "error": error}} if bad
+                         else upstream_items.pop(0))
+        return web.json_response(
+            {"took": took, "errors": True, "items": items},
+            headers={"X-Elastic-Product": "Elasticsearch"},
+        )
 
 
 class ProxyThread:
@@ -324,8 +384,14 @@ class ProxyThread:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def pause(self, status: Optional[int] = None) -> None:
-        self._call(self.proxy.pause(status))
+    def pause(self, status: Optional[int] = None, error: Any = None) -> None:
+        self._call(self.proxy.pause(status, error))
+
+    def fail_items(self, ids: Optional[Iterable[str]], status: int, error: Any) -> None:
+        self._call(_run(self.proxy.fail_items, ids, status, error))
+
+    def clear_faults(self) -> None:
+        self._call(_run(self.proxy.clear_faults))
 
     def resume(self) -> None:
         self._call(self.proxy.resume())
@@ -343,6 +409,11 @@ class ProxyThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def _run(func: Any, *args: Any) -> Any:
+    """``func(*args)`` on the proxy's loop, so it applies before the next request."""
+    return func(*args)
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -163,12 +163,15 @@ async def _asset(request: web.Request) -> web.FileResponse:
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
-async def _install_template(store: Store, replicas: Optional[int]) -> None:
+async def _install_template(
+    store: Store, replicas: Optional[int], retention_days: Optional[int]
+) -> None:
     """Install the index template once Elasticsearch answers, whenever that is."""
     backoff = Backoff(base=0.5, cap=30.0)
     while True:
         try:
-            await ensure_template(store.client, store.prefix, replicas=replicas)
+            await ensure_template(store.client, store.prefix, replicas=replicas,
+                                  retention_days=retention_days)
         except IndexingError as exc:
             log.warning("template_install_failed", error=str(exc)[:300])
             await asyncio.sleep(backoff.next_delay())
@@ -186,6 +189,7 @@ def build_app(
     es_timeout: float = 10.0,
     install_template: bool = True,
     template_replicas: Optional[int] = None,
+    retention_days: Optional[int] = None,
 ) -> web.Application:
     """The API application; its resources open on startup and close on cleanup."""
     quiet_bad_request_logs()
@@ -199,7 +203,8 @@ def build_app(
         tasks = TaskOwner("api")
         app[CONTEXT] = ApiContext(store, inspector, Topology(namespace), tuple(kinds))
         if install_template:
-            tasks.spawn(_install_template(store, template_replicas), name="install-template")
+            tasks.spawn(_install_template(store, template_replicas, retention_days),
+                        name="install-template")
         try:
             yield
         finally:

@@ -69,6 +69,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         amqp_url=settings.amqp_url or None,
         namespace=settings.namespace,
         es_timeout=settings.es_timeout,
+        retention_days=settings.retention_days,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -44,6 +44,7 @@ from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from ..backoff import Backoff
 from ..es import DEAD_KIND, ERROR_IGNORE_ABOVE, index_name, store_error
 from ..logs import RateLimitedLog, get_logger
+from ..storeerrors import DUPLICATE_STATUS, OK_STATUSES, item_fault
 from ..timestamps import iso_utc_ms
 from .deadletter import DeadLetter
 from .indexer import action_prefix, encode_create
@@ -54,8 +55,8 @@ __all__ = ["DeadLetterEvents", "event_document", "event_id"]
 log = get_logger(__name__)
 
 _FILTER = "errors,items.*.status,items.*.error"
-_OK = frozenset({200, 201})
-_DUPLICATE = 409
+_OK = OK_STATUSES
+_DUPLICATE = DUPLICATE_STATUS
 
 
 def event_id(kind: str, source_message_id: Optional[str], letter: DeadLetter) -> str:
@@ -240,7 +241,7 @@ class DeadLetterEvents:
                 created += 1
             elif status == _DUPLICATE:
                 duplicates += 1
-            elif status == 429 or status >= 500 or status == 0:
+            elif item_fault(status, result.get("error")).transient:
                 again.append(action)
             else:
                 refused += 1

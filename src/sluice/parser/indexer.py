@@ -9,12 +9,16 @@ semantics on top of the raw call:
 
 - every action is ``create`` with ``_id`` = the record's id, so a resent or redelivered
   record answers 409 and is never stored twice;
-- per-item results are read: 200/201 indexed, 409 a duplicate (success), 429 and 5xx
-  retried, any other status a refusal that the caller dead-letters;
-- a failed request (429, 5xx, timeout, no connection, 401/403/404, an answer that is not
-  a bulk answer) is retried whole;
+- per-item results are read: 200/201 indexed, 409 a duplicate (success); any other
+  answer is judged by :mod:`sluice.storeerrors` (error type and status): transient ones
+  are retried, up to ``item_retry_limit`` times and then refused with reason
+  ``es_retry_exhausted``, content errors are refused with reason ``es_<type>``; the caller
+  dead-letters what is refused;
+- a failed request judged transient (429, 5xx, timeout, no connection, a cluster block,
+  wrong credentials, an answer that is not a bulk answer) is retried whole;
 - a request refused whole for its content (400, 413, another 4xx) is split in halves sent
-  on their own, down to single actions, which are then refused with reason ``es_<status>``.
+  on their own, down to single actions, which are then refused with reason ``es_<type>``
+  (``es_<status>`` when the answer names no type).
 
 Retries wait with exponential backoff and full jitter, so an outage costs a handful of
 requests, not a busy loop. The caller's AMQP messages stay unacked all the while: a
@@ -34,20 +38,20 @@ from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
 from ..backoff import Backoff
 from ..errors import StoreUnavailable
-from ..es import store_error
 from ..logs import RateLimitedLog, get_logger
+from ..storeerrors import DUPLICATE_STATUS, OK_STATUSES, RETRY_EXHAUSTED, item_fault, request_fault
 from .stats import ParserMetrics
 
 __all__ = ["BulkIndexer", "BulkOutcome", "Refusal", "action_prefix", "encode_create"]
 
 log = get_logger(__name__)
 
-_OK = frozenset({200, 201})
+_OK = OK_STATUSES
 # Only what is read below: a full answer is ~150 bytes per item and decoding it cost more
 # than building the request.
 _FILTER = "errors,items.*.status,items.*.error"
 
-_DUPLICATE = 409
+_DUPLICATE = DUPLICATE_STATUS
 
 
 def encode_create(action_prefix: bytes, doc_id: str, source: bytes) -> bytes:
@@ -78,33 +82,16 @@ class BulkOutcome:
     attempts: int = 0
 
 
-# Whole-request answers that say nothing about the data: the wrong URL, credentials or
-# method. Retried (the store counts as down) instead of split into refusals.
-_UNAVAILABLE = frozenset({401, 403, 404, 405, 407, 408, 429})
-
-
-def _retryable(status: int) -> bool:
-    return status == 429 or status >= 500
-
-
-def _refusal(position: int, status: int, result: Mapping[str, Any]) -> Refusal:
-    error = result.get("error")
-    if isinstance(error, Mapping):
-        kind = str(error.get("type") or "refused")
-        text = str(error.get("reason") or kind)
-        caused = error.get("caused_by")
-        if isinstance(caused, Mapping) and caused.get("reason"):
-            text = f"{text}: {caused.get('reason')}"
-    else:
-        kind, text = "refused", str(error or f"status {status}")
-    return Refusal(position, status, f"es_{kind}", f"{status} {text}"[:2000])
-
-
 class BulkIndexer:
     """Sends prepared ``create`` actions in one bulk request and retries what may succeed
     later. ``max_retries`` 0 retries for as long as it takes (the default: nothing is
     dropped during an outage); otherwise :class:`StoreUnavailable` is raised after that
     many retries and the caller gives its messages back to the queue.
+
+    ``item_retry_limit`` bounds the retries of one item that keeps answering with a
+    transient error while its request goes through (0: no bound); past it the item is
+    refused with reason ``es_retry_exhausted``, so one item cannot hold a flusher for ever.
+    ``on_progress`` is called whenever a bulk answer settled at least one item.
     """
 
     def __init__(
@@ -115,12 +102,16 @@ class BulkIndexer:
         retry_cap: float = 10.0,
         max_retries: int = 0,
         on_store_state: Callable[[bool], None] | None = None,
+        item_retry_limit: int = 0,
+        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._retry_cap = retry_cap
         self._max_retries = max_retries
         self._on_store_state = on_store_state or (lambda up: None)
+        self._item_retry_limit = item_retry_limit
+        self._on_progress = on_progress or (lambda: None)
         self._rate_limited = RateLimitedLog(log)
 
     def _backoff(self) -> Backoff:
@@ -131,9 +122,9 @@ class BulkIndexer:
         """Index ``actions`` (from :func:`encode_create`); returns once every item is
         indexed, a duplicate, or refused. Refusal positions index into ``actions``.
 
-        A request Elasticsearch refuses as a whole for its content (400, 413, other 4xx
-        but the ones in ``_UNAVAILABLE``) is split in halves that are sent on their own,
-        down to single actions, which are then refused with reason ``es_<status>``.
+        A request Elasticsearch refuses as a whole for its content (as judged by
+        :mod:`sluice.storeerrors`) is split in halves that are sent on their own, down to
+        single actions, which are then refused with reason ``es_<type>``.
         """
         outcome = BulkOutcome()
         groups = [list(range(len(actions)))]
@@ -148,6 +139,8 @@ class BulkIndexer:
         """Retry ``pending`` until settled; the halves to send instead when refused whole."""
         backoff = self._backoff()
         retries = 0
+        tries: dict[int, int] = {}  # position -> item retries so far
+        last: dict[int, str] = {}  # position -> its last transient error
         while pending:
             outcome.attempts += 1
             items = await self._attempt(actions, pending)
@@ -160,13 +153,15 @@ class BulkIndexer:
                     )
                     return [pending[:middle], pending[middle:]]
                 outcome.refused.append(Refusal(
-                    pending[0], items.status, f"es_{items.status}", items.error[:2000]
+                    pending[0], items.status, items.reason, items.error[:2000]
                 ))
                 return []
             if items is None:
                 cause = "request"
             else:
-                pending = self._settle(pending, items, outcome)
+                pending = self._settle(pending, items, outcome, last)
+                if self._item_retry_limit:
+                    pending = self._cap(pending, tries, last, outcome)
                 if not pending:
                     break
                 cause = "item"
@@ -178,6 +173,26 @@ class BulkIndexer:
                 )
             await asyncio.sleep(backoff.next_delay())
         return []
+
+    def _cap(
+        self, pending: list[int], tries: dict[int, int], last: dict[int, str],
+        outcome: BulkOutcome,
+    ) -> list[int]:
+        """Refuse the items that used up their retries; the ones to try again."""
+        again = []
+        for position in pending:
+            tries[position] = tries.get(position, 0) + 1
+            if tries[position] <= self._item_retry_limit:
+                again.append(position)
+                continue
+            detail = f"still failing after {self._item_retry_limit} retries: {last.get(position, '')}"
+            outcome.refused.append(Refusal(position, 0, RETRY_EXHAUSTED, detail[:2000]))
+        if len(again) < len(pending):
+            self._rate_limited.warning(
+                "bulk_item_exhausted", "bulk_items_retry_exhausted",
+                items=len(pending) - len(again), limit=self._item_retry_limit,
+            )
+        return again
 
     async def _attempt(
         self, actions: Sequence[bytes], pending: Sequence[int]
@@ -192,15 +207,13 @@ class BulkIndexer:
             # sent as they are, which is the point.
             response = await self._client.bulk(operations=cast(Any, body), filter_path=_FILTER)
         except (ApiError, TransportError) as exc:
-            problem = store_error(exc, "bulk request failed")
-            status = exc.meta.status if isinstance(exc, ApiError) else 0
-            if isinstance(status, int) and 400 <= status < 500 and status not in _UNAVAILABLE \
-                    and not isinstance(problem, StoreUnavailable):
+            fault = request_fault(exc, "bulk request failed")
+            if not fault.transient:
                 # The store answered, but not "up" for this data: leave its state alone.
-                return _Refused(status, str(problem))
+                return _Refused(fault.status, fault.detail, fault.reason)
             self._on_store_state(False)
             self._rate_limited.warning(
-                "bulk_failed", "bulk_failed", error=str(problem), items=len(pending)
+                "bulk_failed", "bulk_failed", error=fault.detail, items=len(pending)
             )
             return None
         finally:
@@ -219,11 +232,13 @@ class BulkIndexer:
         self._on_store_state(True)
         if not result.get("errors"):
             # Fast path: every item succeeded, and a 409 would have set ``errors``.
+            self._on_progress()
             return []
         return items
 
     def _settle(
-        self, pending: list[int], items: list[Mapping[str, Any]], outcome: BulkOutcome
+        self, pending: list[int], items: list[Mapping[str, Any]], outcome: BulkOutcome,
+        last: dict[int, str],
     ) -> list[int]:
         """Count final answers into ``outcome``; the positions to try again."""
         if not items:
@@ -241,14 +256,19 @@ class BulkIndexer:
                 indexed += 1
             elif status == _DUPLICATE:
                 duplicates += 1
-            elif _retryable(status) or status == 0:
-                again.append(position)
             else:
-                outcome.refused.append(_refusal(position, status, result))
+                fault = item_fault(status, result.get("error"))
+                if fault.transient:
+                    again.append(position)
+                    last[position] = fault.detail
+                else:
+                    outcome.refused.append(Refusal(position, status, fault.reason, fault.detail))
         outcome.indexed += indexed
         outcome.duplicates += duplicates
         self._metrics.indexed.inc(indexed)
         self._metrics.duplicates.inc(duplicates)
+        if len(again) < len(pending):
+            self._on_progress()
         if again:
             self._rate_limited.warning("bulk_item_retry", "bulk_items_retried", items=len(again))
         return again
@@ -260,6 +280,7 @@ class _Refused:
 
     status: int
     error: str
+    reason: str
 
 
 def _item_result(item: Any) -> Mapping[str, Any] | None:

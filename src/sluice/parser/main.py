@@ -74,6 +74,16 @@ class ParserSettings(BrokerSettings, StoreSettings):
         0, "retries of a failing bulk before its messages are requeued (0 = until it works)"
     )
     retry_cap: float = option(10.0, "longest wait between bulk retries, seconds")
+    item_retry_limit: int = option(
+        500, "retries of one bulk item that keeps failing with a transient error (429, 5xx, "
+        "cluster block, ...) while its request goes through; then it is dead-lettered with "
+        "reason es_retry_exhausted (0 = retry for ever). 500 is about 40 minutes at the "
+        "default retry_cap"
+    )
+    stall_timeout: float = option(
+        120.0, "/readyz turns false when no bulk settled a single record for this many "
+        "seconds while messages wait"
+    )
     es_timeout: float = option(30.0, "timeout of one Elasticsearch request, seconds")
     # Below docker compose's 30 s stop_grace_period, so the drain ends before SIGKILL.
     drain_timeout: float = option(20.0, "on SIGTERM, how long the bulks in flight may take")
@@ -98,10 +108,12 @@ class ParserSettings(BrokerSettings, StoreSettings):
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
-        if self.max_retries < 0 or self.bulk_linger_ms < 0:
-            raise ConfigError("max_retries and bulk_linger_ms cannot be negative")
-        if min(self.retry_cap, self.es_timeout, self.drain_timeout) <= 0:
-            raise ConfigError("retry_cap, es_timeout and drain_timeout must be positive")
+        if min(self.max_retries, self.bulk_linger_ms, self.item_retry_limit) < 0:
+            raise ConfigError("max_retries, bulk_linger_ms and item_retry_limit cannot be negative")
+        if min(self.retry_cap, self.es_timeout, self.drain_timeout, self.stall_timeout) <= 0:
+            raise ConfigError(
+                "retry_cap, es_timeout, drain_timeout and stall_timeout must be positive"
+            )
 
 
 def _chain_names(spec: str, kinds: Sequence[str]) -> dict[str, list[str]]:
@@ -174,7 +186,9 @@ async def _install_template(
     backoff = Backoff(base=0.5, cap=10.0, floor=0.1)
     while not stop.is_set():
         try:
-            await ensure_template(probe.client, settings.index_prefix)
+            await ensure_template(
+                probe.client, settings.index_prefix, retention_days=settings.retention_days
+            )
         except StoreUnavailable as exc:
             probe.mark(False)
             log.warning("template_install_waiting", error=str(exc))
@@ -194,7 +208,7 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
         settings.es_url, max_retries=0, retry_on_timeout=False,
         request_timeout=settings.es_timeout, serializers=_fast_serializers(),
     )
-    probe = StoreProbe(client, metrics)
+    probe = StoreProbe(client, metrics, stall_timeout=settings.stall_timeout)
     topology = Topology(settings.namespace, delivery_limit=settings.delivery_limit)
     events = DeadLetterEvents(
         client, settings.index_prefix, metrics,
@@ -208,7 +222,8 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
         decoder=MessageDecoder(settings.index_prefix, chains),
         indexer=BulkIndexer(
             client, metrics, retry_cap=settings.retry_cap, max_retries=settings.max_retries,
-            on_store_state=probe.mark,
+            on_store_state=probe.mark, item_retry_limit=settings.item_retry_limit,
+            on_progress=probe.progressed,
         ),
         dead_letters=DeadLetterPublisher(topology, settings.instance_id),
         metrics=metrics,
@@ -221,7 +236,9 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
     )
     ops = OpsServer(
         metrics.registry,
-        ready=lambda: {"broker": worker.link.is_up, "elasticsearch": probe.up},
+        ready=lambda: {
+            "broker": worker.link.is_up, "elasticsearch": probe.up, "indexing": not probe.stalled(),
+        },
         host="0.0.0.0",
         port=settings.http_port,
     )
