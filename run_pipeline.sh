@@ -13,6 +13,8 @@
 # Environment:
 #   SLUICE_SKIP_BUILD=1      use the images as they are; never build (nor pull the base image)
 #   SLUICE_OFFLINE=0         ignore .offline-images.env (written by scripts/build-offline-images.sh)
+#                            and always pull from the registry. Otherwise, when no registry can be
+#                            reached, the images are built locally first (scripts/images.sh)
 #   SLUICE_COMPOSE           compose command, e.g. "docker-compose" (default: docker compose, then docker-compose)
 #   COMPOSE_PROJECT_NAME     default "sluice"
 #   SLUICE_INGEST_PORT, SLUICE_HTTP_PORT, SLUICE_RABBITMQ_UI_PORT, SLUICE_ES_PORT  host ports
@@ -75,6 +77,10 @@ find_compose() {
 }
 
 compose() { "${COMPOSE[@]}" "$@"; }
+
+# ensure_images: pull, or build locally when no registry is reachable.
+# shellcheck source=scripts/images.sh
+source scripts/images.sh
 
 skip_build() { [[ ${SLUICE_SKIP_BUILD:-0} == 1 ]]; }
 
@@ -178,6 +184,7 @@ cmd_up() {
     for service in ${args[@]+"${args[@]}"}; do
         [[ $service == --scale || $service =~ ^[a-z]+=[0-9]+$ ]] || die "bad scale '$service' (expected svc=N)"
     done
+    skip_build || ensure_images
     build
     say "Starting the pipeline ..."
     compose up -d --no-build --remove-orphans ${args[@]+"${args[@]}"}

@@ -7,7 +7,7 @@
 #   3. build RabbitMQ, nginx and an Elasticsearch stand-in from Debian packages / PyPI
 #      (docker/offline/*.Dockerfile).
 # The image names are written to .offline-images.env, which run_pipeline.sh and the docker
-# end-to-end test load. The Elasticsearch stand-in is osmem-server (in-memory, OpenSearch
+# end-to-end test load, and to a delimited block of .env, which docker compose reads itself. The Elasticsearch stand-in is osmem-server (in-memory, OpenSearch
 # compatible) behind tests/support/es_proxy.py; it is for demos and tests, not for data.
 #
 # Environment:
@@ -173,6 +173,14 @@ NGINX_IMAGE=$NGINX_IMAGE_NAME
 ELASTICSEARCH_IMAGE=$ES_IMAGE_NAME
 SLUICE_BUILD_NETWORK=host
 EOF
+    # A plain `docker-compose up` reads .env by itself: the same names go into a delimited
+    # block there, next to whatever else .env holds.
+    if [[ ${SLUICE_OFFLINE:-} != 0 ]]; then
+        # shellcheck source=scripts/images.sh
+        source "$ROOT/scripts/images.sh"
+        (cd "$ROOT" && env_block_write "$COMPOSE_ENV_FILE" "$OFFLINE_ENV_FILE")
+        log "image names also written to the offline block of $ROOT/$COMPOSE_ENV_FILE (read by docker-compose up)"
+    fi
 }
 
 main() {

@@ -28,14 +28,16 @@ import sys
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NewType, TypeVar
 
+from .durations import parse_duration
 from .errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",
     "BrokerSettings",
     "CommonSettings",
+    "Seconds",
     "StoreSettings",
     "add_arguments",
     "describe",
@@ -48,6 +50,9 @@ __all__ = [
 ENV_PREFIX = "SLUICE_"
 
 S = TypeVar("S", bound="CommonSettings")
+
+#: a field of this type takes a duration: ``90s``, ``5m``, ``1h30m`` or plain seconds
+Seconds = NewType("Seconds", float)
 
 
 def option(default: Any, help: str, *, secret: bool = False, metavar: str | None = None) -> Any:
@@ -149,6 +154,8 @@ def _parse(raw: str, hint: Any, name: str) -> Any:
             return int(raw)
         if target is float:
             return float(raw)
+        if target is Seconds:
+            return parse_duration(raw)
         if typing.get_origin(target) is tuple:
             return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError as exc:

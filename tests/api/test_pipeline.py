@@ -111,7 +111,8 @@ async def test_dead_letter_documents_are_counted_by_reason(api_client, es_url, e
     async with aiohttp.ClientSession() as session, session.put(f"{es_url}/{index}", json=mapping) as r:
         assert r.status == 200, await r.text()
     reasons = ["bad_value"] * 4 + ["poison"] * 2 + ["missing_field"] * 4
-    docs = [{"id": f"dl-{i}", "ts": now, "reason": reason, "kind": "measurement", "@timestamp": iso_ms(now)}
+    docs = [{"id": f"dl-{i}", "ts": now - i, "reason": reason, "kind": "measurement",
+             "@timestamp": iso_ms(now - i * 1000), "record_id": f"r-{i}", "error": f"e{i}"}
             for i, reason in enumerate(reasons)]
     await index_documents(es_url, es_index_prefix, docs, kind="dead", template=False)
     client = await api_client(es_index_prefix)  # no RabbitMQ URL: queues unknown
@@ -121,6 +122,10 @@ async def test_dead_letter_documents_are_counted_by_reason(api_client, es_url, e
         {"reason": "missing_field", "count": 4},
         {"reason": "poison", "count": 2},
     ]
+    # The latest few events, newest first, as samples of what was dead-lettered.
+    samples = body["dead_letters"]["samples"]
+    assert [x["record_id"] for x in samples] == [f"r-{i}" for i in range(5)]
+    assert [(x["reason"], x["error"]) for x in samples] == [(reasons[i], f"e{i}") for i in range(5)]
     assert body["broker"]["up"] is False
     assert body["queues"][0]["messages"] is None and body["dead_letters"]["total"] is None
 

@@ -78,7 +78,7 @@ async def test_everything_is_acked_exactly_once_over_several_connections(server:
     assert sorted(r["id"] for r in server.acked_records()) == sorted(_ids(batches))
     assert (stats.sent, stats.acked, stats.resent, stats.nacked, stats.inflight) == (1000, 1000, 0, 0, 0)
     assert server.connections == 3
-    assert len(stats.latencies) == 40
+    assert stats.latency.count == 40
     # every connection says hello with its own client id: the stream's, plus its session
     assert {b.client_id for b in server.acked} <= {"test-0.1", "test-1.1", "test-2.1"}
     assert len({b.client_id for b in server.acked}) == 3

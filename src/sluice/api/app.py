@@ -2,7 +2,8 @@
 cleanup contexts that own the Elasticsearch client and the RabbitMQ connection.
 
 Errors never leave as HTML or a stack trace: every status other than 200 is
-``{"error": {"code", "message"}}``, including aiohttp's own 404 and 405.
+``{"error": {"status", "code", "message"}}`` (see responses.py), including aiohttp's own
+404 and 405; a 503 carries ``Retry-After``. CORS (``--cors-origins``) is the outermost layer.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from ..lifecycle import TaskOwner
 from ..logs import get_logger
 from ..metrics import Counter, Registry
 from ..topology import Topology
+from .cors import cors_middleware
 from .handlers import CONTEXT, ApiContext, add_routes
 from .openapi import openapi_document
 from .params import PLAIN, parse_query
 from .pipeline import QueueInspector
-from .responses import ApiError, error_body, json_response
+from .responses import RETRY_AFTER_S, ApiError, error_body, json_response
 from .store import Store
 
 __all__ = ["ApiMetrics", "BadRequestLogFilter", "build_app", "quiet_bad_request_logs", "static_dir"]
@@ -110,7 +112,10 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         return response
     except ApiError as exc:
         status = exc.status
-        return json_response(request, error_body(exc.code, exc.message), status=exc.status)
+        response = json_response(request, exc.body(), status=exc.status)
+        if exc.status == 503:
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     except web.HTTPException as exc:
         status = exc.status
         if exc.status < 400:
@@ -120,7 +125,7 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
             404: _not_found(request),
             405: f"{request.method} is not allowed on {request.path}",
         }.get(exc.status, exc.reason)
-        response = json_response(request, error_body(code, message), status=exc.status)
+        response = json_response(request, error_body(code, message, exc.status), status=exc.status)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
@@ -130,7 +135,7 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
     except Exception as exc:
         status = 500
         log.error("unhandled_error", path=request.path, error=repr(exc), exc_info=exc)
-        return json_response(request, error_body("internal", "internal error; see the API's log"),
+        return json_response(request, error_body("internal", "internal error; see the API's log", 500),
                              status=500)
     finally:
         metrics = request.app[METRICS]
@@ -189,12 +194,16 @@ def build_app(
     es_timeout: float = 10.0,
     install_template: bool = True,
     template_replicas: Optional[int] = None,
+    cors_origins: Sequence[str] = (),
     retention_days: Optional[int] = None,
 ) -> web.Application:
     """The API application; its resources open on startup and close on cleanup."""
     quiet_bad_request_logs()
     metrics = ApiMetrics()
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=64 * 1024)
+    # CORS outermost: preflights are answered before anything else, errors get its headers.
+    middlewares = [cors_middleware(cors_origins)] if cors_origins else []
+    middlewares.append(_errors_and_metrics)
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[METRICS] = metrics
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:

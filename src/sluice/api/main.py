@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -40,6 +41,10 @@ class ApiSettings(BrokerSettings, StoreSettings):
     es_timeout: float = option(
         10.0, "seconds before an Elasticsearch request counts as failed (answered 503)"
     )
+    cors_origins: tuple[str, ...] = option(
+        (), "origins allowed to call the API from a browser (CORS), comma-separated, e.g. "
+        "https://grafana.example.com; * allows any; empty = no CORS headers (same origin only)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,6 +54,9 @@ class ApiSettings(BrokerSettings, StoreSettings):
             raise ConfigError("kinds must name at least one record kind")
         if self.es_timeout <= 0:
             raise ConfigError(f"es_timeout must be positive, not {self.es_timeout}")
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+/?", origin):
+                raise ConfigError(f"cors_origins: {origin!r} is not an origin such as https://host:port or *")
         try:
             for kind in self.kinds:
                 index_pattern(self.index_prefix, kind)
@@ -69,6 +77,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         amqp_url=settings.amqp_url or None,
         namespace=settings.namespace,
         es_timeout=settings.es_timeout,
+        cors_origins=settings.cors_origins,
         retention_days=settings.retention_days,
     )
     runner = web.AppRunner(app, access_log=None)

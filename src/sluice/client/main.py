@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..logs import configure_logging, get_logger
 from ..protocol import validate_kind
 from ..records import MEASUREMENT_KIND
-from ..settings import CommonSettings, describe, load, option
+from ..settings import CommonSettings, Seconds, describe, load, option
 from ..settings import add_arguments as add_settings_arguments
 
 __all__ = ["HELP", "ClientSettings", "add_arguments", "main", "parse_target"]
@@ -47,9 +47,13 @@ class ClientSettings(CommonSettings):
     batch_size: int = option(500, "records per batch (one frame, one AMQP message)")
     linger_ms: float = option(50.0, "send a partial batch once its first record is this old (ms)")
     rate: float = option(0.0, "records per second to generate; 0 = as fast as they are acked")
-    duration: float = option(0.0, "seconds to generate for; 0 = until --count (or forever)")
+    duration: Seconds = option(0.0, "how long to generate, e.g. 90s, 5m, 1h30m (plain numbers "
+                                    "are seconds); 0 = until --count (or forever)")
     count: int = option(0, "records to generate; 0 = until --duration (or forever)")
     sensors: int = option(100, "number of synthetic sensors")
+    extra_tags: int = option(0, "extra tags per generated record (t01, t02, ...), to measure "
+                                "throughput at larger records; see --tag-bytes")
+    tag_bytes: int = option(16, "characters in each extra tag's value")
     seed: Optional[int] = option(None, "seed for reproducible generated data (default random)")
     file: str = option("", "send NDJSON records from PATH, or - for stdin, instead of generating",
                        metavar="PATH")
@@ -57,12 +61,17 @@ class ClientSettings(CommonSettings):
     max_tries: int = option(20, "nacks of one batch with a lasting cause (refused; unroutable "
                                 "gives up after 3 at most) before giving it up as failed; "
                                 "transient failures do not count: see --give-up-after")
-    give_up_after: float = option(600.0, "seconds to keep retrying through transient failures "
+    give_up_after: Seconds = option(600.0, "seconds to keep retrying through transient failures "
                                          "(RabbitMQ unavailable, connections broken or refused, "
                                          "server unreachable or silent), counted from a batch's "
                                          "first send, before giving it up as failed; 0 = never")
-    drain_timeout: float = option(30.0, "on SIGINT/SIGTERM, seconds to wait for acks still owed")
-    json: bool = option(False, "print the final summary as one JSON object on stdout")
+    drain_timeout: Seconds = option(30.0, "on SIGINT/SIGTERM, how long to wait for acks still owed")
+    json: bool = option(False, "print the final summary as one JSON object on stdout, and the "
+                               "progress reports as JSON lines on stderr")
+    report_interval: Seconds = option(5.0, "when stderr is not a terminal, a progress report "
+                                           "(rate, acked, in flight, nacks, reconnects) this "
+                                           "often on stderr; 0 = none. A terminal gets a live "
+                                           "line instead")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,7 +79,8 @@ class ClientSettings(CommonSettings):
         for name in ("connections", "batch_size", "sensors", "max_tries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        for name in ("linger_ms", "rate", "duration", "count", "drain_timeout", "give_up_after"):
+        for name in ("linger_ms", "rate", "duration", "count", "drain_timeout", "give_up_after",
+                     "report_interval", "extra_tags", "tag_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         try:
@@ -79,6 +89,8 @@ class ClientSettings(CommonSettings):
             raise ConfigError(f"kind: {exc}") from exc
         if not self.file and self.kind != MEASUREMENT_KIND:
             raise ConfigError("the generator makes measurement records; other kinds need --file")
+        if self.extra_tags > 64 or self.tag_bytes > 1024:
+            raise ConfigError("extra_tags is at most 64 and tag_bytes at most 1024")
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -14,7 +14,7 @@ from ..lifecycle import TaskOwner, stop_on_signals
 from ..logs import get_logger
 from .feed import Feed
 from .main import ClientSettings
-from .report import Stats, Summary, progress_loop
+from .report import Stats, Summary, progress_loop, report_loop
 from .sources import FileSource, GeneratorSource, MeasurementGenerator, Source, random_seed
 from .stream import Stream
 
@@ -38,7 +38,8 @@ def build_source(settings: ClientSettings, stats: Stats) -> tuple[Source, Option
             raise ConfigError(f"--file {settings.file!r} cannot be read: {exc.strerror or exc}") from exc
         return source, None
     seed = settings.seed if settings.seed is not None else random_seed()
-    generator = MeasurementGenerator(seed, settings.instance_id, settings.sensors)
+    generator = MeasurementGenerator(seed, settings.instance_id, settings.sensors,
+                                     extra_tags=settings.extra_tags, tag_bytes=settings.tag_bytes)
     return GeneratorSource(
         generator, stats, batch_size=settings.batch_size, linger=linger, rate=settings.rate,
         count=settings.count, duration=settings.duration, kind=settings.kind,
@@ -82,6 +83,9 @@ async def run(settings: ClientSettings, *, stop: Optional[asyncio.Event] = None,
         running = {owner.spawn(s.run(), name=f"client-stream-{s.index}") for s in streams}
         if progress if progress is not None else sys.stderr.isatty():
             owner.spawn(progress_loop(stats), name="client-progress")
+        elif progress is None and settings.report_interval > 0:
+            owner.spawn(report_loop(stats, sys.stderr, settings.report_interval, settings.json),
+                        name="client-report")
         stopping = owner.spawn(stop.wait(), name="client-stop")
         while running:
             done, _ = await asyncio.wait(running | {stopping}, return_when=asyncio.FIRST_COMPLETED)

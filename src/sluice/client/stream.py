@@ -462,7 +462,7 @@ class Stream:
         stats = self._stats
         stats.acked += batch.count
         stats.inflight -= batch.count
-        stats.latencies.append(time.monotonic() - batch.sent_at)
+        stats.latency.record_seconds(time.monotonic() - batch.sent_at)
         self._acks_this_session += 1
         self._slot.set()
 
