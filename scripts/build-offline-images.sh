@@ -16,9 +16,14 @@
 #   SLUICE_DEBIAN_MIRROR    Debian mirror        (default: the host's apt sources, else deb.debian.org)
 #   SLUICE_REBUILD_BASE=1   debootstrap again even if the base image exists
 #   SLUICE_OFFLINE_ONLY     build only these images, e.g. "base sluice" (default: all)
+#   SLUICE_IMAGE            the sluice image's name (default: sluice:latest; CI uses sluice:src-<hash>)
+# Runs from several clones at once take turns (the machine-wide lock "offline-images", see
+# with_lock in scripts/lib.sh): they share the work directory and the image names.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 PREFIX=${SLUICE_OFFLINE_PREFIX:-sluice-offline}
 WORKDIR=${SLUICE_OFFLINE_WORKDIR:-/var/tmp/sluice-offline}
 ONLY=${SLUICE_OFFLINE_ONLY:-base sluice rabbitmq nginx elasticsearch}
@@ -216,4 +221,4 @@ main() {
         | grep -E "^  ($PREFIX/|${SLUICE_IMAGE_NAME%%:*}:)" >&2 || true
 }
 
-main "$@"
+with_lock offline-images main "$@"
