@@ -16,7 +16,12 @@
 Prints both rates and their ratio. Targets: >= 250,000 records/s and >= 30x the baseline.
 Exit status 0 when both are met. The namespaces' queues and exchanges are deleted at the end.
 
-    PYTHONPATH=src python scripts/bench_ingest.py [--records 1000000] [--connections 4]
+With ``--tls`` the baseline is plain-text sluice instead: a second server (its own
+namespace) serves TLS and requires a token (certificates from ``scripts/make-certs.sh``,
+a token file from ``sluice.auth``), and plain and TLS client runs alternate, so both see
+the same machine. Prints both medians and their ratio; target: TLS >= 70 % of plain.
+
+    PYTHONPATH=src python scripts/bench_ingest.py [--records 1000000] [--connections 4] [--tls]
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from sluice.topology import Topology  # noqa: E402
 
 TARGET_RATE = 250_000
 TARGET_RATIO = 30
+TARGET_TLS_SHARE = 0.70
 KIND = "measurement"
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 
@@ -74,18 +80,19 @@ def read_text(path: str) -> str:
 
 
 def spawn_server(url: str, namespace: str, log_path: str, port: int,
-                 http_port: int) -> subprocess.Popen[bytes]:
+                 http_port: int, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "sluice", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--http-port", str(http_port), "--log-level", "warning"],
+             "--http-port", str(http_port), "--log-level", "warning", *extra],
             env=env(SLUICE_AMQP_URL=url, SLUICE_NAMESPACE=namespace), stdout=log, stderr=log,
         )
 
 
-async def start_server(url: str, namespace: str, log_path: str) -> tuple[subprocess.Popen[bytes], int]:
+async def start_server(url: str, namespace: str, log_path: str,
+                       extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
     port, http_port = free_port(), free_port()
-    server = spawn_server(url, namespace, log_path, port, http_port)
+    server = spawn_server(url, namespace, log_path, port, http_port, extra)
     async with aiohttp.ClientSession() as session:
         for _ in range(300):
             if server.poll() is not None:
@@ -101,12 +108,13 @@ async def start_server(url: str, namespace: str, log_path: str) -> tuple[subproc
     raise SystemExit(f"server never became ready:\n{read_text(log_path)}")
 
 
-async def run_client(port: int, args: argparse.Namespace, run: int) -> dict[str, Any]:
+async def run_client(port: int, args: argparse.Namespace, run: int,
+                     extra: tuple[str, ...] = (), **environ: str) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sluice", "client", "--target", f"127.0.0.1:{port}", "--json",
         "--count", str(args.records), "--batch-size", str(args.batch),
         "--connections", str(args.connections), "--seed", str(run), "--log-level", "warning",
-        env=env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *extra, env=env(**environ), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
     if process.returncode != 0:
@@ -179,6 +187,81 @@ async def delete_namespace(url: str, namespace: str) -> None:
         await connection.close()
 
 
+# -- TLS against plain --------------------------------------------------------------------------
+
+
+def make_tls_files(directory: str) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, str]]:
+    """Server flags, client flags and client environment for TLS with a token."""
+    from sluice.auth import hash_token, new_token
+
+    subprocess.run([os.path.join(ROOT, "scripts", "make-certs.sh"), directory, "server"], check=True)
+    token = new_token()
+    tokens = os.path.join(directory, "tokens")
+    with open(tokens, "w") as fh:
+        fh.write(f"bench {hash_token(token)} ingest:{KIND}\n")
+    token_path = os.path.join(directory, "client.token")
+    with open(token_path, "w") as fh:
+        fh.write(token)
+    server = ("--tls-cert", os.path.join(directory, "server.pem"),
+              "--tls-key", os.path.join(directory, "server.key"), "--token-file", tokens)
+    client = ("--ca-file", os.path.join(directory, "ca.pem"), "--server-name", "server")
+    return server, client, {"SLUICE_TOKEN_FILE": token_path}
+
+
+async def measured_run(url: str, queue: str, port: int, args: argparse.Namespace, run: int,
+                       label: str, extra: tuple[str, ...] = (), **environ: str) -> float:
+    summary = await run_client(port, args, run, extra, **environ)
+    expected = -(-args.records // args.batch)
+    depth = await queue_depth(url, queue)
+    if summary["acked"] != args.records or depth != expected:
+        raise SystemExit(f"{label} run {run}: acked {summary['acked']}, queue holds {depth} "
+                         f"messages, expected {args.records} records in {expected}")
+    print(f"  {label:>5} run {run}: {summary['records_per_s']:>12,.0f} records/s  "
+          f"({summary['elapsed']:.2f} s, ack latency p50 {summary['ack_latency_p50_ms']:.1f} ms)")
+    await purge(url, queue)
+    rate: float = summary["records_per_s"]
+    return rate
+
+
+async def bench_tls(args: argparse.Namespace) -> int:
+    url = os.environ.get("SLUICE_AMQP_URL", DEFAULT_URL)
+    run_id = uuid.uuid4().hex[:10]
+    plain_ns, tls_ns = f"benchplain{run_id}", f"benchtls{run_id}"
+    rates: dict[str, list[float]] = {"plain": [], "tls": []}
+    servers: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-tls-") as directory:
+        server_flags, client_flags, client_env = make_tls_files(directory)
+        try:
+            plain, plain_port = await start_server(url, plain_ns, os.path.join(directory, "plain.log"))
+            servers.append(plain)
+            secure, tls_port = await start_server(url, tls_ns, os.path.join(directory, "tls.log"),
+                                                  server_flags)
+            servers.append(secure)
+            print(f"sluice plain vs TLS + token: {args.records:,} records per run in {args.batch}-record "
+                  f"batches, {args.connections} connections, one server each, {os.cpu_count()} cores")
+            for run in range(1, args.runs + 1):
+                rates["plain"].append(await measured_run(
+                    url, Topology(plain_ns).raw_queue(KIND), plain_port, args, run, "plain"))
+                rates["tls"].append(await measured_run(
+                    url, Topology(tls_ns).raw_queue(KIND), tls_port, args, run, "tls",
+                    client_flags, **client_env))
+        finally:
+            for server in servers:
+                if server.poll() is None:
+                    server.send_signal(signal.SIGTERM)
+                    server.wait(30)
+            for namespace in (plain_ns, tls_ns):
+                await delete_namespace(url, namespace)
+    plain_rate, tls_rate = statistics.median(rates["plain"]), statistics.median(rates["tls"])
+    share = tls_rate / plain_rate
+    print()
+    print(f"plain (median of {args.runs} runs): {plain_rate:>12,.0f} records/s")
+    print(f"TLS   (median of {args.runs} runs): {tls_rate:>12,.0f} records/s")
+    print(f"TLS / plain:                {share:>12.1%}")
+    print(f"target TLS >= {TARGET_TLS_SHARE:.0%} of plain: {'met' if share >= TARGET_TLS_SHARE else 'MISSED'}")
+    return 0 if share >= TARGET_TLS_SHARE else 1
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -240,6 +323,8 @@ def main() -> int:
     parser.add_argument("--naive", type=int, default=20_000, help="records for the baseline")
     parser.add_argument("--naive-inflight", type=int, default=200,
                         help="unconfirmed publishes the baseline keeps outstanding")
+    parser.add_argument("--tls", action="store_true",
+                        help="compare TLS with a token against plain text instead of the naive baseline")
     args = parser.parse_args()
     try:
         import uvloop
@@ -247,7 +332,7 @@ def main() -> int:
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(bench(args))
+    return asyncio.run(bench_tls(args) if args.tls else bench(args))
 
 
 if __name__ == "__main__":

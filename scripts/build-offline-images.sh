@@ -7,7 +7,7 @@
 #   3. build RabbitMQ, nginx and an Elasticsearch stand-in from Debian packages / PyPI
 #      (docker/offline/*.Dockerfile).
 # The image names are written to .offline-images.env, which run_pipeline.sh and the docker
-# end-to-end test load. The Elasticsearch stand-in is osmem-server (in-memory, OpenSearch
+# end-to-end test load, and to a delimited block of .env, which docker compose reads itself. The Elasticsearch stand-in is osmem-server (in-memory, OpenSearch
 # compatible) behind tests/support/es_proxy.py; it is for demos and tests, not for data.
 #
 # Environment:
@@ -16,9 +16,14 @@
 #   SLUICE_DEBIAN_MIRROR    Debian mirror        (default: the host's apt sources, else deb.debian.org)
 #   SLUICE_REBUILD_BASE=1   debootstrap again even if the base image exists
 #   SLUICE_OFFLINE_ONLY     build only these images, e.g. "base sluice" (default: all)
+#   SLUICE_IMAGE            the sluice image's name (default: sluice:latest; CI uses sluice:src-<hash>)
+# Runs from several clones at once take turns (the machine-wide lock "offline-images", see
+# with_lock in scripts/lib.sh): they share the work directory and the image names.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 PREFIX=${SLUICE_OFFLINE_PREFIX:-sluice-offline}
 WORKDIR=${SLUICE_OFFLINE_WORKDIR:-/var/tmp/sluice-offline}
 ONLY=${SLUICE_OFFLINE_ONLY:-base sluice rabbitmq nginx elasticsearch}
@@ -168,6 +173,14 @@ NGINX_IMAGE=$NGINX_IMAGE_NAME
 ELASTICSEARCH_IMAGE=$ES_IMAGE_NAME
 SLUICE_BUILD_NETWORK=host
 EOF
+    # A plain `docker-compose up` reads .env by itself: the same names go into a delimited
+    # block there, next to whatever else .env holds.
+    if [[ ${SLUICE_OFFLINE:-} != 0 ]]; then
+        # shellcheck source=scripts/images.sh
+        source "$ROOT/scripts/images.sh"
+        (cd "$ROOT" && env_block_write "$COMPOSE_ENV_FILE" "$OFFLINE_ENV_FILE")
+        log "image names also written to the offline block of $ROOT/$COMPOSE_ENV_FILE (read by docker-compose up)"
+    fi
 }
 
 main() {
@@ -208,4 +221,4 @@ main() {
         | grep -E "^  ($PREFIX/|${SLUICE_IMAGE_NAME%%:*}:)" >&2 || true
 }
 
-main "$@"
+with_lock offline-images main "$@"

@@ -26,16 +26,40 @@ resolve_python() {
     command -v "$want"
 }
 
-apt_updated=0
+# with_lock NAME CMD...: run CMD (a command or a shell function) holding the machine-wide
+# lock /var/lock/sluice-NAME.lock, so that test runs sharing a machine (two CI clones, say)
+# take turns at what exists once per machine: apt/dpkg, the RabbitMQ node, dockerd, the image
+# builds, the single-node swarm. The same lock as `flock /var/lock/sluice-NAME.lock CMD` and
+# tests/support/locks.py. The kernel releases it when the holder dies. Waits at most
+# SLUICE_LOCK_TIMEOUT seconds (default 1500).
+with_lock() {
+    local name=$1; shift
+    local dir=${SLUICE_LOCK_DIR:-/var/lock}
+    [[ -w $dir ]] || dir=${TMPDIR:-/tmp}
+    local file="$dir/sluice-$name.lock"
+    (
+        flock -w "${SLUICE_LOCK_TIMEOUT:-1500}" 9 || die "waited ${SLUICE_LOCK_TIMEOUT:-1500} s for $file (held by: $(cat "$file" 2>/dev/null))"
+        echo "pid $BASHPID since $(date -u +%FT%TZ): $0" >"$file" 2>/dev/null || true
+        "$@"
+    ) 9>>"$file"
+}
+
+# Under the apt lock; the dpkg lock is waited for too, since a person may run apt by hand.
+_apt_install_locked() {
+    export DEBIAN_FRONTEND=noninteractive
+    local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -qq)
+    # Update only when the package lists do not know a package (they are shared and slow).
+    if ! "${apt[@]}" install "$@" >/dev/null 2>&1; then
+        "${apt[@]}" update >/dev/null
+        "${apt[@]}" install "$@" >/dev/null
+    fi
+}
+
 apt_install() {
     [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1 \
         || die "missing packages: $*; install them with: sudo apt-get install -y $*"
-    if [[ "$apt_updated" == 0 ]]; then
-        apt-get update -qq >/dev/null
-        apt_updated=1
-    fi
     log "apt-get install $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    with_lock apt _apt_install_locked "$@"
 }
 
 
@@ -53,6 +77,19 @@ ensure_binary() {
     [[ -e "$path" ]] || die "$path is still missing after installing $*"
 }
 
+# source_tag: a tag naming the sluice image built from this checkout's files (those the
+# image's build context holds, per .dockerignore, and the Dockerfile). Two clones of one
+# commit share an image; clones of different commits never overwrite each other's.
+source_tag() {
+    local path paths=() sum
+    for path in pyproject.toml README.md LICENSE src docker/Dockerfile docker/sluice-healthcheck; do
+        [[ -e $path ]] && paths+=("$path")
+    done
+    sum=$(find "${paths[@]}" -type f ! -name '*.py[co]' ! -path '*/__pycache__/*' ! -path '*.egg-info/*' \
+              -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum)
+    echo "src-${sum:0:16}"
+}
+
 # A broker for the tests: SLUICE_AMQP_URL if set, else a local rabbitmq-server. The
 # binaries are installed either way: some tests start a private node of their own.
 ensure_rabbitmq() {
@@ -61,6 +98,15 @@ ensure_rabbitmq() {
         log "using RabbitMQ at SLUICE_AMQP_URL"
         return
     fi
+    if port_open 127.0.0.1 5672; then
+        log "RabbitMQ already listening on localhost:5672"
+        return
+    fi
+    # One node per machine: a run that finds another starting it waits for that one.
+    with_lock rabbitmq _start_rabbitmq
+}
+
+_start_rabbitmq() {
     if port_open 127.0.0.1 5672; then
         log "RabbitMQ already listening on localhost:5672"
         return

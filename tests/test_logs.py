@@ -47,3 +47,30 @@ def test_rate_limited_log_reports_how_many_it_suppressed() -> None:
     for _ in range(4):
         slow.warning("k", "e")
     assert len(cap.calls) == 2
+
+
+LIBRARY_SCRIPT = """
+import logging, sys
+from sluice.logs import configure_logging
+configure_logging("parser", "host-1", sys.argv[1])
+logging.getLogger("elastic_transport.transport").info("POST http://es:9200/_bulk [status:200]")
+logging.getLogger("aiohttp.access").info("GET /metrics 200")
+logging.getLogger("elastic_transport.node_pool").warning("Node <es> has failed for 1 times")
+logging.getLogger("sluice.parser").info("consuming")
+"""
+
+
+def _events(level: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", LIBRARY_SCRIPT, level], capture_output=True,
+                         text=True, timeout=60, check=True)
+    return [json.loads(line)["event"] for line in out.stderr.splitlines()]
+
+
+def test_library_request_lines_stay_out_of_the_log_unless_debugging() -> None:
+    """One INFO line per Elasticsearch request or HTTP access would drown the service's own
+    events; the libraries' warnings still reach the log at every level."""
+    assert _events("info") == ["Node <es> has failed for 1 times", "consuming"]
+    assert _events("debug") == [
+        "POST http://es:9200/_bulk [status:200]", "GET /metrics 200",
+        "Node <es> has failed for 1 times", "consuming",
+    ]

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from sluice.errors import ConfigError
-from sluice.settings import BrokerSettings, add_arguments, describe, load, mask_url, option
+from sluice.settings import (
+    BrokerSettings,
+    StoreSettings,
+    add_arguments,
+    describe,
+    load,
+    mask_url,
+    option,
+    split_urls,
+)
 
 
 @dataclass(frozen=True)
@@ -101,3 +110,36 @@ def test_a_value_and_its_file_together_are_refused(tmp_path: Path) -> None:
 def test_an_unreadable_secret_file_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="SLUICE_TOKEN_FILE: cannot read"):
         load(DemoSettings, parse([]), {"SLUICE_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_elasticsearch_security_settings(tmp_path: Path) -> None:
+    """CA, basic credentials or an API key become the Elasticsearch client's options; a user
+    without a password, both kinds of credentials, or a missing CA file are refused."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    options = StoreSettings(es_ca_file=str(ca), es_username="sluice", es_password="pw").es_client_options()
+    assert options == {"ca_certs": str(ca), "basic_auth": ("sluice", "pw")}
+    assert StoreSettings(es_api_key="a2V5").es_client_options() == {"api_key": "a2V5"}
+    assert StoreSettings().es_client_options() == {}
+    for bad in ({"es_username": "u"}, {"es_api_key": "k", "es_username": "u", "es_password": "p"},
+                {"es_ca_file": str(tmp_path / "absent.pem")}):
+        with pytest.raises(ConfigError):
+            StoreSettings(**bad)
+    assert describe(StoreSettings(es_username="u", es_password="secret"))["es_password"] == "***"
+
+
+def test_a_broker_url_list_is_masked_url_by_url() -> None:
+    """Each URL of a cluster's list is masked on its own: every host stays visible, no
+    password does, and a comma inside a password does not split the list."""
+    value = "amqp://u:p1@rabbitmq1:5672/, amqp://u:p,2@rabbitmq2:5672/,amqp://u:p@3@rabbitmq3/"
+    assert split_urls(value) == (
+        "amqp://u:p1@rabbitmq1:5672/", "amqp://u:p,2@rabbitmq2:5672/", "amqp://u:p@3@rabbitmq3/",
+    )
+    s = load(DemoSettings, parse([]), {"SLUICE_AMQP_URL": value})
+    assert describe(s)["amqp_url"] == (
+        "amqp://u:***@rabbitmq1:5672/,amqp://u:***@rabbitmq2:5672/,amqp://u:***@rabbitmq3/"
+    )
+
+
+def test_a_list_of_blanks_holds_no_url() -> None:
+    assert split_urls(" , ") == ()

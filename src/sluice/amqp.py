@@ -5,6 +5,13 @@
 breaks it tells ``on_lost`` and reconnects with exponential backoff and full jitter.
 While it is down, :attr:`channel` raises :class:`BrokerUnavailable`.
 
+A link may be given several URLs, one per node of a RabbitMQ cluster. Each attempt takes
+the next URL in turn, so a lost node is a reconnect to another one, not an outage; only a
+whole round of failed URLs waits out a backoff delay. Every link starts at a random place
+in the list, so that many replicas spread their connections over the nodes. A quorum
+queue is reachable through any node of its cluster, so it does not matter which node a
+link lands on, and a queue leader moving to another node is at most one such reconnect.
+
 A :class:`ConfigError` from ``setup`` (a queue declared with other arguments) is not
 retried: reconnecting cannot fix it. The link stops, keeps the error in :attr:`failure`
 and sets :attr:`failed`, and the service exits with it.
@@ -14,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Callable, Optional
 
 import aiormq
@@ -24,7 +32,7 @@ from .backoff import Backoff
 from .errors import BrokerUnavailable, ConfigError
 from .lifecycle import TaskOwner
 from .logs import get_logger
-from .settings import mask_url
+from .settings import mask_url, split_urls
 
 __all__ = ["BrokerLink"]
 
@@ -32,6 +40,9 @@ log = get_logger(__name__)
 
 #: seconds a link must stay up before a later loss starts backing off from scratch
 STABLE_AFTER = 5.0
+#: seconds one connection attempt may take: a node that is down on another host may not
+#: refuse, and the link must move on to the next node rather than hang
+CONNECT_TIMEOUT = 15.0
 
 Setup = Callable[[Any], Awaitable[None]]
 OnLost = Callable[[BaseException], None]
@@ -40,7 +51,7 @@ OnLost = Callable[[BaseException], None]
 class BrokerLink:
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         setup: Setup | None = None,
         on_lost: OnLost | None = None,
@@ -48,7 +59,10 @@ class BrokerLink:
         backoff: Backoff | None = None,
         name: str = "broker",
     ) -> None:
-        self._url = url
+        self._urls = split_urls(url) if isinstance(url, str) else tuple(url)
+        if not self._urls:
+            raise ConfigError("a broker link needs at least one RabbitMQ URL")
+        self._next = random.randrange(len(self._urls))
         self._setup = setup
         self._on_lost = on_lost
         self._confirms = publisher_confirms
@@ -62,6 +76,12 @@ class BrokerLink:
         self.failure: Optional[ConfigError] = None
         self._tasks = TaskOwner(f"{name}-link")
         self.connects = 0
+        #: the URL of the node this link is (or was last) connected to
+        self.url: str | None = None
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return self._urls
 
     @property
     def is_up(self) -> bool:
@@ -83,8 +103,13 @@ class BrokerLink:
     def start(self) -> None:
         self._tasks.spawn(self._run(), name=f"{self._name}-link")
 
-    async def _connect(self) -> None:
-        connection = await aiormq.connect(self._url)
+    def _take_url(self) -> str:
+        url = self._urls[self._next]
+        self._next = (self._next + 1) % len(self._urls)
+        return url
+
+    async def _connect(self, url: str) -> None:
+        connection = await asyncio.wait_for(aiormq.connect(url), CONNECT_TIMEOUT)
         try:
             channel = await connection.channel(publisher_confirms=self._confirms)
             if self._setup is not None:
@@ -93,29 +118,35 @@ class BrokerLink:
             await connection.close()
             raise
         self._connection, self._channel = connection, channel
+        self.url = url
 
     async def _run(self) -> None:
+        failed = 0
         while True:
+            url = self._take_url()
             try:
-                await self._connect()
+                await self._connect(url)
             except asyncio.CancelledError:
                 raise
             except ConfigError as exc:
-                log.error("broker_setup_refused", link=self._name, url=mask_url(self._url),
+                log.error("broker_setup_refused", link=self._name, url=mask_url(url),
                           error=str(exc))
                 self.failure = exc
                 self.failed.set()
                 return
             except Exception as exc:
-                delay = self._backoff.next_delay()
-                log.warning("broker_connect_failed", link=self._name, url=mask_url(self._url),
+                failed += 1
+                # The next node may well be up: only a whole round of failures backs off.
+                delay = self._backoff.next_delay() if failed % len(self._urls) == 0 else 0.0
+                log.warning("broker_connect_failed", link=self._name, url=mask_url(url),
                             error=repr(exc), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
                 continue
+            failed = 0
             self.connects += 1
             up_since = time.monotonic()
             self._up.set()
-            log.info("broker_connected", link=self._name, url=mask_url(self._url))
+            log.info("broker_connected", link=self._name, url=mask_url(url))
             assert self._connection is not None and self._channel is not None
             # Whichever closes first, connection or channel, ends this link.
             # asyncio.wait never cancels what it waits on: aiormq owns these futures.
@@ -129,7 +160,7 @@ class BrokerLink:
             # broker closes right after setup must not turn into a reconnect storm.
             if time.monotonic() - up_since >= STABLE_AFTER:
                 self._backoff.reset()
-            log.warning("broker_link_lost", link=self._name, error=repr(reason))
+            log.warning("broker_link_lost", link=self._name, url=mask_url(url), error=repr(reason))
             self._notify_lost(reason)
             await self._drop()
             await asyncio.sleep(self._backoff.next_delay())

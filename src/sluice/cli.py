@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "api": "sluice.api.main",
     "deadletters": "sluice.deadletters.main",
     "retention": "sluice.retention",
+    "token": "sluice.token_cmd",
 }
 
 

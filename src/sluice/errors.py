@@ -4,6 +4,7 @@ The tree, so callers know what to catch::
 
     SluiceError
     ├── ConfigError            bad settings or an unknown plugin name; stops startup
+    ├── TlsError               a TLS failure no retry can fix (unknown CA, wrong name, expired)
     ├── ProtocolError          a peer broke wire protocol v1 (carries the error ``code``)
     ├── RecordError            one record was rejected by a parser (carries ``reason``)
     ├── BrokerError            RabbitMQ trouble
@@ -27,6 +28,7 @@ __all__ = [
     "RecordError",
     "SluiceError",
     "StoreUnavailable",
+    "TlsError",
 ]
 
 
@@ -36,6 +38,12 @@ class SluiceError(Exception):
 
 class ConfigError(SluiceError):
     """Settings that cannot work, found at startup."""
+
+
+class TlsError(SluiceError):
+    """A TLS handshake failed for a reason retrying cannot fix: the peer's certificate is
+    signed by an unknown CA, names another host or has expired, our certificate was
+    refused, or the peer does not speak TLS. The message says which."""
 
 
 class ProtocolError(SluiceError):

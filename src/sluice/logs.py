@@ -13,7 +13,13 @@ from typing import Any
 
 import structlog
 
-__all__ = ["RateLimitedLog", "configure_logging", "get_logger"]
+__all__ = ["REQUEST_LOGGERS", "RateLimitedLog", "configure_logging", "get_logger"]
+
+#: Libraries that log a line at INFO for every request they make or serve (elastic_transport:
+#: one per Elasticsearch request, so one per bulk; aiohttp: one per access). At INFO they
+#: would flood an operator's log and push the service's own events out of any tail, so they
+#: speak only at ``log_level=debug``; their warnings and errors always pass.
+REQUEST_LOGGERS = ("elastic_transport", "aiohttp.access", "aiohttp.client", "aiormq", "pamqp")
 
 
 def configure_logging(service: str, instance: str, level: str = "info") -> None:
@@ -61,7 +67,11 @@ def configure_logging(service: str, instance: str, level: str = "info") -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # The root stays at INFO even at debug: the libraries' own DEBUG output is frame-level.
     root.setLevel(max(numeric, logging.INFO))
+    quiet = logging.NOTSET if numeric <= logging.DEBUG else logging.WARNING
+    for name in REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
 
 
 def get_logger(name: str) -> Any:

@@ -14,8 +14,8 @@ import asyncio
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
 
 import msgpack
 
@@ -29,6 +29,7 @@ __all__ = [
     "KIND_RULE",
     "MAX_CLIENT_ID_BYTES",
     "MAX_CONTROL_FRAME",
+    "MAX_TOKEN_CHARS",
     "PROTOCOL_VERSION",
     "Ack",
     "Batch",
@@ -97,6 +98,12 @@ class ErrorCode:
     TOO_MANY_CONNECTIONS = "too_many_connections"
     SHUTTING_DOWN = "shutting_down"
     DUPLICATE_SEQ = "duplicate_seq"
+    #: the server requires authentication and hello's token is missing, unknown or revoked
+    AUTH_FAILED = "auth_failed"
+
+
+#: longest hello.token accepted (tokens from ``sluice token`` have 43 characters)
+MAX_TOKEN_CHARS = 512
 
 
 class NackCode:
@@ -105,6 +112,7 @@ class NackCode:
     UNROUTABLE = "unroutable"    # no queue is bound for the batch's kind
     REFUSED = "refused"          # the broker refused the batch (e.g. a full queue)
     UNAVAILABLE = "unavailable"  # the broker link is down or went down before the confirm
+    FORBIDDEN = "forbidden"      # the authenticated client may not send batches of this kind
 
 
 def validate_kind(kind: str) -> str:
@@ -121,9 +129,14 @@ def validate_kind(kind: str) -> str:
 class Hello:
     client_id: str
     version: int = PROTOCOL_VERSION
+    #: optional credential (protocol revision 1.1); a v1 server without auth ignores it
+    token: Optional[str] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "hello", "version": self.version, "client_id": self.client_id}
+        out: dict[str, Any] = {"type": "hello", "version": self.version, "client_id": self.client_id}
+        if self.token is not None:
+            out["token"] = self.token
+        return out
 
 
 @dataclass(frozen=True)
@@ -377,6 +390,15 @@ def _str(msg: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def _token(msg: Mapping[str, Any]) -> Optional[str]:
+    if msg.get("token") is None:
+        return None
+    token = _str(msg, "token")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"hello.token must be at most {MAX_TOKEN_CHARS} characters")
+    return token
+
+
 def parse_client(msg: Mapping[str, Any]) -> ClientMessage:
     """A decoded map from a client as a typed message; raises ProtocolError."""
     kind = msg["type"]
@@ -397,7 +419,7 @@ def parse_client(msg: Mapping[str, Any]) -> ClientMessage:
         if not client_id or len(client_id.encode("utf-8")) > MAX_CLIENT_ID_BYTES:
             raise ProtocolError(ErrorCode.BAD_MESSAGE,
                                 f"hello.client_id must be 1 to {MAX_CLIENT_ID_BYTES} bytes in UTF-8")
-        return Hello(client_id=client_id, version=version)
+        return Hello(client_id=client_id, version=version, token=_token(msg))
     if kind == "ping":
         return Ping(nonce=msg.get("nonce"))
     if kind == "bye":

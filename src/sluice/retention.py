@@ -124,7 +124,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _run(settings: RetentionSettings) -> int:
-    client = make_client(settings.es_url, request_timeout=settings.es_timeout)
+    client = make_client(settings.es_url, request_timeout=settings.es_timeout,
+                         **settings.es_client_options())
     stop = asyncio.Event()
     remove_handlers = stop_on_signals(stop)
     try:

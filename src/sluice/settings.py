@@ -28,8 +28,9 @@ import sys
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NewType, TypeVar
 
+from .durations import parse_duration
 from .errors import ConfigError
 from .topology import DEFAULT_QUEUE_MAX_BYTES
 
@@ -37,18 +38,24 @@ __all__ = [
     "ENV_PREFIX",
     "BrokerSettings",
     "CommonSettings",
+    "Seconds",
     "StoreSettings",
     "add_arguments",
     "describe",
     "env_name",
     "load",
     "mask_url",
+    "mask_urls",
     "option",
+    "split_urls",
 ]
 
 ENV_PREFIX = "SLUICE_"
 
 S = TypeVar("S", bound="CommonSettings")
+
+#: a field of this type takes a duration: ``90s``, ``5m``, ``1h30m`` or plain seconds
+Seconds = NewType("Seconds", float)
 
 
 def option(default: Any, help: str, *, secret: bool = False, metavar: str | None = None) -> Any:
@@ -81,7 +88,9 @@ class BrokerSettings(CommonSettings):
     """Settings of services that talk to RabbitMQ."""
 
     amqp_url: str = option(
-        "amqp://guest:guest@localhost:5672/", "RabbitMQ URL (the password is masked in logs)"
+        "amqp://guest:guest@localhost:5672/",
+        "RabbitMQ URL, or a comma-separated list of the URLs of a cluster's nodes to fail over "
+        "between (passwords are masked in logs)",
     )
     namespace: str = option(
         "sluice", "prefix of every exchange and queue name (exchange <namespace>.ingest)"
@@ -109,8 +118,14 @@ class BrokerSettings(CommonSettings):
 class StoreSettings(CommonSettings):
     """Settings of services that talk to Elasticsearch."""
 
-    es_url: str = option("http://localhost:9200", "Elasticsearch URL")
+    es_url: str = option("http://localhost:9200", "Elasticsearch URL (https:// for TLS)")
     index_prefix: str = option("sluice", "prefix of the index template and daily indices")
+    es_ca_file: str = option("", "CA (PEM) to verify Elasticsearch's certificate with "
+                                 "(default: the system's CAs)", metavar="PATH")
+    es_username: str = option("", "Elasticsearch user (basic authentication; with --es-password)")
+    es_password: str = option("", "password of --es-username", secret=True)
+    es_api_key: str = option("", "Elasticsearch API key (base64 'id:key' as Elasticsearch "
+                                 "returns it), instead of a user and password", secret=True)
     retention_days: int = option(
         30, "days a daily index is kept (0 = for ever): the ILM policy where Elasticsearch "
         "has ILM, `sluice retention` everywhere"
@@ -120,6 +135,23 @@ class StoreSettings(CommonSettings):
         super().__post_init__()
         if self.retention_days < 0:
             raise ConfigError("retention_days cannot be negative (0 keeps indices for ever)")
+        if bool(self.es_username) != bool(self.es_password):
+            raise ConfigError("--es-username and --es-password go together")
+        if self.es_api_key and self.es_username:
+            raise ConfigError("give either --es-api-key or --es-username/--es-password, not both")
+        if self.es_ca_file and not os.path.isfile(self.es_ca_file):
+            raise ConfigError(f"--es-ca-file {self.es_ca_file!r} is not a readable file")
+
+    def es_client_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``AsyncElasticsearch``: CA and credentials, as set."""
+        options: dict[str, Any] = {}
+        if self.es_ca_file:
+            options["ca_certs"] = self.es_ca_file
+        if self.es_username:
+            options["basic_auth"] = (self.es_username, self.es_password)
+        if self.es_api_key:
+            options["api_key"] = self.es_api_key
+        return options
 
 
 def env_name(field_name: str) -> str:
@@ -157,6 +189,8 @@ def _parse(raw: str, hint: Any, name: str) -> Any:
             return int(raw)
         if target is float:
             return float(raw)
+        if target is Seconds:
+            return parse_duration(raw)
         if typing.get_origin(target) is tuple:
             return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError as exc:
@@ -236,6 +270,23 @@ def mask_url(value: str) -> str:
     return f"{scheme.group(0)}{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
+# A list is split only before something that starts a URL (",amqp://"), so a comma inside a
+# password does not cut it in two.
+_LIST_SEPARATOR = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_urls(value: str) -> tuple[str, ...]:
+    """The URLs of a comma-separated list (``amqp://a,amqp://b``), blanks dropped."""
+    return tuple(part for part in (p.strip(" \t\n,") for p in _LIST_SEPARATOR.split(value)) if part)
+
+
+def mask_urls(value: str) -> str:
+    """:func:`mask_url` applied to each URL of a comma-separated list on its own, so that
+    masking one password does not swallow the hosts of the URLs between."""
+    parts = split_urls(value)
+    return ",".join(mask_url(part) for part in parts) if len(parts) > 1 else mask_url(value)
+
+
 def describe(settings: CommonSettings) -> dict[str, Any]:
     """Settings as a plain dict for the start-up log line, with secrets masked."""
     out: dict[str, Any] = {}
@@ -244,6 +295,6 @@ def describe(settings: CommonSettings) -> dict[str, Any]:
         if f.metadata.get("secret") and value:
             value = "***"
         elif isinstance(value, str) and "://" in value:
-            value = mask_url(value)
+            value = mask_urls(value)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out

@@ -54,17 +54,20 @@ async def test_bad_parameters_are_400_naming_them(api_client, seeded_prefix, pat
     body = await get_json(client, path, status=400)
     assert set(body) == {"error"}
     assert body["error"]["code"] == "bad_parameter"
+    assert body["error"]["status"] == 400 and body["error"]["param"] == name
     assert f"'{name}'" in body["error"]["message"]
     assert expected in body["error"]["message"]
 
 
-@pytest.mark.parametrize("path", [
-    "/api/v1/stats?sensors=x", "/api/v1/measurements?offset=100", "/api/v1/pipeline?metric=x", "/healthz?x=1",
+@pytest.mark.parametrize(("path", "name"), [
+    ("/api/v1/stats?sensors=x", "sensors"), ("/api/v1/measurements?offset=100", "offset"),
+    ("/api/v1/pipeline?metric=x", "metric"), ("/healthz?x=1", "x"),
 ])
-async def test_unknown_parameters_are_refused(api_client, seeded_prefix, path):
+async def test_unknown_parameters_are_refused(api_client, seeded_prefix, path, name):
     client = await api_client(seeded_prefix)
     body = await get_json(client, path, status=400)
     assert body["error"]["code"] == "unknown_parameter"
+    assert body["error"]["param"] == name and body["error"]["status"] == 400
     assert "accepts:" in body["error"]["message"]
 
 
@@ -73,6 +76,7 @@ async def test_unknown_routes_are_json_404(api_client, seeded_prefix, path):
     client = await api_client(seeded_prefix)
     body = await get_json(client, path, status=404)
     assert body["error"]["code"] == "not_found"
+    assert body["error"]["status"] == 404 and "param" not in body["error"]
 
 
 async def test_wrong_method_is_json_405(api_client, seeded_prefix):
@@ -153,3 +157,20 @@ async def test_requests_malformed_at_the_http_level_are_400_without_a_traceback(
         assert record.levelno <= logging.WARNING, record.getMessage()
         assert record.exc_info is None
     assert any("bad HTTP request" in r.getMessage() for r in records)
+
+
+async def test_relative_times_are_resolved_and_echoed(api_client, seeded_prefix):
+    """from=now-1h: the answer echoes the resolved time, an hour before the request."""
+    import datetime as dt
+    import time
+
+    client = await api_client(seeded_prefix)
+    before = time.time()
+    body = await get_json(client, "/api/v1/stats?from=now-1h&to=now")
+    after = time.time()
+    start = dt.datetime.fromisoformat(body["filters"]["from"].replace("Z", "+00:00")).timestamp()
+    end = dt.datetime.fromisoformat(body["filters"]["to"].replace("Z", "+00:00")).timestamp()
+    assert before - 3600 - 0.001 <= start <= after - 3600
+    assert before - 0.001 <= end <= after
+    bad = await get_json(client, "/api/v1/stats?from=now-1y", status=400)
+    assert bad["error"]["param"] == "from" and "now-1h" in bad["error"]["message"]

@@ -43,8 +43,10 @@ async def test_store_outage_gives_503_and_recovers(api_client, seeded_prefix, me
     es_outage.pause(status=503 if mode == "answers 503" else None)
     for path in DATA_PATHS:
         body = await get_json(client, path, status=503)
-        assert body == {"error": {"code": "store_unavailable",
+        assert body == {"error": {"status": 503, "code": "store_unavailable",
                                   "message": "Elasticsearch is unavailable; try again shortly"}}
+        resp = await client.get(path)
+        assert resp.status == 503 and int(resp.headers["Retry-After"]) > 0
     ready = await get_json(client, "/readyz", status=503)
     assert ready == {"ready": False, "checks": {"elasticsearch": False}}
     assert await get_json(client, "/healthz") == {"status": "ok"}

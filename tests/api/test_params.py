@@ -42,7 +42,8 @@ def test_times(raw, ms):
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "now", "2026-1-1", "2026-11-20T", "2026-11-20T10", "2026/11/20", "1e12", "-1", "٣",
+    ["", "now-", "now-1x", "now-1M", "now - 1h", "now-1h/", "now/q", "Now", "now-9999999999d",
+     "2026-1-1", "2026-11-20T", "2026-11-20T10", "2026/11/20", "1e12", "-1", "٣",
      "2026-11-20T00:00:00+25:00", "1969-12-31T23:59:59Z", "0000-01-01", "2026-11-20Z",
      "2026-11-20T00:00:00.Z", "1234567890123456", "2026-11-20T01:30:00  01:30",
      "2026-11-20T01:30:00 25:00", "2026-11-20 01:30Z 01:00"],
@@ -51,6 +52,30 @@ def test_bad_times(raw):
     with pytest.raises(ApiError) as err:
         parse_time("from", raw)
     assert err.value.status == 400 and "'from'" in err.value.message
+
+
+NOW = 1_795_137_723_456  # 2026-11-20T01:22:03.456Z, a Friday
+
+
+@pytest.mark.parametrize(("raw", "ms"), [
+    ("now", NOW), ("now-15m", NOW - 15 * 60_000), ("now-1h", NOW - 3_600_000),
+    ("now-1h30m", NOW - 5_400_000), ("now+5s", NOW + 5_000), ("now-7d", NOW - 7 * DAY),
+    ("now-1h-30m", NOW - 5_400_000), ("now/d", 1_795_132_800_000), ("now-1d/d", 1_795_132_800_000 - DAY),
+    ("now/h", 1_795_136_400_000), ("now/w", 1_795_132_800_000 - 4 * DAY),  # Monday 2026-11-16
+])
+def test_relative_times(raw, ms):
+    """Elasticsearch-style date math against a fixed now, and the pattern OpenAPI shows."""
+    assert parse_time("from", raw, now_ms=NOW) == ms
+    assert re.match(params.TIME_PATTERN, raw)
+
+
+def test_relative_times_use_the_clock():
+    import time
+
+    before = int(time.time() * 1000)
+    got = parse_time("from", "now-1h")
+    after = int(time.time() * 1000)
+    assert before - 3_600_000 <= got <= after - 3_600_000
 
 
 def test_every_accepted_time_matches_the_documented_pattern():

@@ -12,10 +12,12 @@ import aiohttp
 import aiormq
 import pytest
 
+from sluice.api.pipeline import QueueInspector
 from sluice.es import ensure_template, index_name, make_client
 from sluice.topology import Topology
 from tests.parser.harness import Publisher, make_records, start_parser, wait_until
 from tests.support.api import index_documents, iso_ms, make_measurements
+from tests.support.rabbitmq import free_port
 
 from .test_aggregations import get_json
 
@@ -111,7 +113,8 @@ async def test_dead_letter_documents_are_counted_by_reason(api_client, es_url, e
     async with aiohttp.ClientSession() as session, session.put(f"{es_url}/{index}", json=mapping) as r:
         assert r.status == 200, await r.text()
     reasons = ["bad_value"] * 4 + ["poison"] * 2 + ["missing_field"] * 4
-    docs = [{"id": f"dl-{i}", "ts": now, "reason": reason, "kind": "measurement", "@timestamp": iso_ms(now)}
+    docs = [{"id": f"dl-{i}", "ts": now - i, "reason": reason, "kind": "measurement",
+             "@timestamp": iso_ms(now - i * 1000), "record_id": f"r-{i}", "error": f"e{i}"}
             for i, reason in enumerate(reasons)]
     await index_documents(es_url, es_index_prefix, docs, kind="dead", template=False)
     client = await api_client(es_index_prefix)  # no RabbitMQ URL: queues unknown
@@ -121,6 +124,10 @@ async def test_dead_letter_documents_are_counted_by_reason(api_client, es_url, e
         {"reason": "missing_field", "count": 4},
         {"reason": "poison", "count": 2},
     ]
+    # The latest few events, newest first, as samples of what was dead-lettered.
+    samples = body["dead_letters"]["samples"]
+    assert [x["record_id"] for x in samples] == [f"r-{i}" for i in range(5)]
+    assert [(x["reason"], x["error"]) for x in samples] == [(reasons[i], f"e{i}") for i in range(5)]
     assert body["broker"]["up"] is False
     assert body["queues"][0]["messages"] is None and body["dead_letters"]["total"] is None
 
@@ -176,3 +183,22 @@ async def test_broker_down_still_answers(api_client, es_index_prefix):
     assert body["queues"][0]["exists"] is None
     # Dead-letter documents are not there: an empty list, not an error.
     assert body["dead_letters"]["by_reason"] == []
+
+
+async def test_queue_inspector_skips_a_dead_node_of_its_list(amqp_url: str, namespace: str) -> None:
+    """Given a cluster's URLs, the inspector answers from a live node when the first is down."""
+    topology = Topology(namespace)
+    conn = await aiormq.connect(amqp_url)
+    try:
+        channel = await conn.channel()
+        await topology.declare(channel, ["measurement"])
+    finally:
+        await conn.close()
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    inspector = QueueInspector(f"{dead},{amqp_url}")
+    try:
+        states = await inspector.states([topology.raw_queue("measurement")])
+        assert states is not None, inspector.error
+        assert states[0].exists and states[0].messages == 0
+    finally:
+        await inspector.close()

@@ -63,7 +63,7 @@ def test_every_route_is_documented_and_every_parameter_parsed():
     declared = {
         "/api/v1/stats": params.STATS, "/api/v1/sensors": params.SENSORS,
         "/api/v1/histogram": params.HISTOGRAM, "/api/v1/measurements": params.MEASUREMENTS,
-        "/api/v1/pipeline": params.PIPELINE,
+        "/api/v1/pipeline": params.PIPELINE, "/api/v1/metrics": params.METRICS,
     }
     for path, group in declared.items():
         assert [p["name"] for p in doc["paths"][path]["get"]["parameters"]] == [p.name for p in group]

@@ -155,3 +155,75 @@ async def test_cli_help_lists_client_flags() -> None:
                  "--count", "--sensors", "--seed", "--file", "--json", "--max-tries", "--kind",
                  "--give-up-after"):
         assert flag in out
+
+
+async def test_cli_reports_progress_on_stderr_when_not_a_terminal(fake: FakeServer) -> None:
+    """Not a terminal (a pipe, a container log): JSON progress lines while the run goes on."""
+    port = await fake.start()
+    code, out, err = await _cli("--target", f"127.0.0.1:{port}", "--rate", "2000", "--duration", "2s",
+                                "--report-interval", "200ms", "--json", "--seed", "1")
+    assert code == 0, err
+    summary = json.loads(out)
+    reports = [json.loads(line) for line in err.splitlines() if '"event": "progress"' in line]
+    assert len(reports) >= 3, err
+    for key in ("rate", "acked", "in_flight", "nacked", "resent", "reconnects", "failed", "elapsed"):
+        assert key in reports[0]
+    acked = [r["acked"] for r in reports]
+    assert acked == sorted(acked) and acked[-1] <= summary["acked"]
+    assert summary["acked"] == len(fake.acked_records())
+
+
+async def test_cli_text_progress_and_whole_run_percentiles(fake: FakeServer) -> None:
+    port = await fake.start()
+    code, out, err = await _cli("--target", f"127.0.0.1:{port}", "--count", "3000", "--rate", "3000",
+                                "--batch-size", "100", "--report-interval", "0.2")
+    assert code == 0, err
+    assert "rec/s  acked" in err and "reconnects" in err
+    assert "p90" in out and "p99.9" in out and "max" in out
+    assert f"({len(fake.acked)} batches, whole run)" in out
+
+
+async def test_cli_json_summary_latency_fields(fake: FakeServer) -> None:
+    port = await fake.start()
+    code, out, err = await _cli("--target", f"127.0.0.1:{port}", "--count", "2000", "--batch-size", "100",
+                                "--json", "--report-interval", "0")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["acked_batches"] == 20
+    lat = [summary[f"ack_latency_{p}_ms"] for p in ("p50", "p90", "p99", "p99_9", "max")]
+    assert lat == sorted(lat) and lat[-1] > 0
+    assert '"progress"' not in err
+
+
+async def test_cli_extra_tags_make_bigger_valid_records(fake: FakeServer) -> None:
+    """The record-size knob: extra tags of the given size, records still valid measurements."""
+    from sluice.records import validate_measurement
+
+    port = await fake.start()
+    code, out, err = await _cli("--target", f"127.0.0.1:{port}", "--count", "50", "--json", "--seed", "3")
+    assert code == 0, err
+    plain = json.loads(out)["record_bytes"]
+    fake.acked.clear()
+    code, out, err = await _cli("--target", f"127.0.0.1:{port}", "--count", "50", "--json", "--seed", "3",
+                                "--extra-tags", "4", "--tag-bytes", "100")
+    assert code == 0, err
+    records = fake.acked_records()
+    assert len(records) == 50
+    for record in records:
+        tags = validate_measurement(record)["tags"]
+        assert sorted(tags) == ["site", "t01", "t02", "t03", "t04"]
+        assert all(len(tags[f"t0{j}"]) == 100 for j in range(1, 5))
+    sized = json.loads(out)["record_bytes"]
+    assert sized - plain >= 4 * (100 + 4)  # value and key bytes of four tags at least
+
+
+@pytest.mark.parametrize("argv", [["--duration", "5 minutes"], ["--report-interval", "-1"],
+                                  ["--extra-tags", "65"], ["--tag-bytes", "2000"]])
+def test_bad_durations_and_sizes_are_refused(argv: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        _settings(*argv)
+
+
+def test_durations_in_flags_and_environment() -> None:
+    s = _settings("--duration", "1h30m", environ={"SLUICE_DRAIN_TIMEOUT": "2m", "SLUICE_GIVE_UP_AFTER": "90"})
+    assert (s.duration, s.drain_timeout, s.give_up_after) == (5400.0, 120.0, 90.0)

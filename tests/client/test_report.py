@@ -31,7 +31,8 @@ def _summary(produced: int, acked: int, invalid: int = 0) -> Summary:
     stats.produced, stats.acked, stats.sent = produced, acked, produced
     for line in range(invalid):
         stats.reject_line(line + 1)
-    stats.latencies.extend([0.001, 0.002, 0.010])
+    for seconds in (0.001, 0.002, 0.010):
+        stats.latency.record_seconds(seconds)
     return Summary.of(stats, "h:1", 2, seed=7)
 
 

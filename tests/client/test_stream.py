@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,6 +24,19 @@ async def server() -> AsyncIterator[FakeServer]:
     fake = FakeServer()
     yield fake
     await fake.close()
+
+
+@pytest.fixture
+async def background() -> AsyncIterator[list[asyncio.Future[None]]]:
+    """Stream tasks a test runs in the background: cancelled when it ends, so a failing test
+    leaves no stream reconnecting to a closed server (requested after ``server``, so torn
+    down before it)."""
+    started: list[asyncio.Future[None]] = []
+    yield started
+    for task in started:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
 
 async def _stream_all(server: FakeServer, batches: list[OutBatch], *, connections: int = 1,
@@ -64,7 +78,7 @@ async def test_everything_is_acked_exactly_once_over_several_connections(server:
     assert sorted(r["id"] for r in server.acked_records()) == sorted(_ids(batches))
     assert (stats.sent, stats.acked, stats.resent, stats.nacked, stats.inflight) == (1000, 1000, 0, 0, 0)
     assert server.connections == 3
-    assert len(stats.latencies) == 40
+    assert stats.latency.count == 40
     # every connection says hello with its own client id: the stream's, plus its session
     assert {b.client_id for b in server.acked} <= {"test-0.1", "test-1.1", "test-2.1"}
     assert len({b.client_id for b in server.acked}) == 3
@@ -247,7 +261,9 @@ async def test_a_silent_server_ends_the_session_and_batches_are_resent(server: F
     # The first connection gets a welcome, then nothing: no ack, no pong.
     server.silent_first = 1
     batches = _batches(5, 10)
-    stats, _ = await _stream_all(server, batches, ping_interval=0.05, timeout=10)
+    # A silence timeout (3 ping intervals) well above the stalls of a loaded machine: the
+    # second connection, which answers, must not be taken for silent too.
+    stats, _ = await _stream_all(server, batches, ping_interval=0.3, timeout=30)
     assert server.connections == 2
     groups = _by_connection(server)
     assert [b.payload for b in groups[1]] == [b.payload for b in groups[0]]  # same bytes, same order
@@ -255,7 +271,9 @@ async def test_a_silent_server_ends_the_session_and_batches_are_resent(server: F
     assert (stats.acked, stats.resent) == (50, 50)
 
 
-async def test_a_silent_idle_server_is_noticed_by_its_unanswered_ping(server: FakeServer) -> None:
+async def test_a_silent_idle_server_is_noticed_by_its_unanswered_ping(
+    server: FakeServer, background: list[asyncio.Future[None]]
+) -> None:
     server.silent_first = 1
     port = await server.start()
     stats = Stats()
@@ -263,6 +281,7 @@ async def test_a_silent_idle_server_is_noticed_by_its_unanswered_ping(server: Fa
     stream = Stream(0, "127.0.0.1", port, "idle", feed, stats, max_tries=3, ping_interval=0.02,
                     backoff=Backoff(base=0.001, cap=0.01))
     task = asyncio.ensure_future(stream.run())
+    background.append(task)
     for _ in range(5000):
         if server.connections >= 2:
             break
@@ -275,7 +294,9 @@ async def test_a_silent_idle_server_is_noticed_by_its_unanswered_ping(server: Fa
     assert stats.acked == 5
 
 
-async def test_a_server_holding_acks_but_answering_pings_is_not_given_up(server: FakeServer) -> None:
+async def test_a_server_holding_acks_but_answering_pings_is_not_given_up(
+    server: FakeServer, background: list[asyncio.Future[None]]
+) -> None:
     # RabbitMQ slow to confirm: no acks for many silence timeouts, but pongs come back, so
     # the connection stays; the stream leaves one of the server's slots free for the pings.
     server.hold_acks = True
@@ -288,10 +309,17 @@ async def test_a_server_holding_acks_but_answering_pings_is_not_given_up(server:
         stats.produced += batch.count
         await feed.put(batch)
     feed.close()
-    stream = Stream(0, "127.0.0.1", port, "slow", feed, stats, max_tries=3, ping_interval=0.02,
+    # The silence timeout (3 ping intervals, 0.75 s) is well above a loaded machine's stalls.
+    stream = Stream(0, "127.0.0.1", port, "slow", feed, stats, max_tries=3, ping_interval=0.25,
                     backoff=Backoff(base=0.001, cap=0.01))
     task = asyncio.ensure_future(stream.run())
-    await asyncio.sleep(0.5)  # 8 silence timeouts
+    background.append(task)
+    # Pings are at least ping_interval apart: 12 of them span over 3 silence timeouts, however
+    # slow the machine.
+    for _ in range(30_000):
+        if server.pings >= 12 and len(server.seen) >= 7:
+            break
+        await asyncio.sleep(0.001)
     assert server.connections == 1
     assert len(server.seen) == 7  # max_inflight - 1
     assert server.pings > 5
@@ -301,12 +329,15 @@ async def test_a_server_holding_acks_but_answering_pings_is_not_given_up(server:
     assert Counter(b.payload for b in server.acked) == Counter(b.payload for b in batches)
 
 
-async def test_a_quiet_connection_is_kept_alive_with_pings(server: FakeServer) -> None:
+async def test_a_quiet_connection_is_kept_alive_with_pings(
+    server: FakeServer, background: list[asyncio.Future[None]]
+) -> None:
     port = await server.start()
     stats = Stats()
     feed = Feed(4)
     stream = Stream(0, "127.0.0.1", port, "quiet", feed, stats, max_tries=3, ping_interval=0.02)
     task = asyncio.ensure_future(stream.run())
+    background.append(task)
     for _ in range(10_000):
         if server.pings >= 3:
             break

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.names import unique_name
+
 from .pipeline import INSTALL_HINT, PROJECT, Pipeline, docker_problem, free_port
 
 __all__ = ["PROJECT"]
@@ -19,7 +21,8 @@ def pipeline() -> Iterator[Pipeline]:
         pytest.fail(f"{problem}; {INSTALL_HINT}", pytrace=False)
     env = dict(os.environ)
     env.update(
-        COMPOSE_PROJECT_NAME=PROJECT,
+        # A project of this fixture's own: runs sharing the engine never touch each other's.
+        COMPOSE_PROJECT_NAME=unique_name("sluicee2e"),
         SLUICE_INGEST_PORT=str(free_port()),
         SLUICE_HTTP_PORT=str(free_port()),
         SLUICE_RABBITMQ_UI_PORT=str(free_port()),
@@ -32,7 +35,6 @@ def pipeline() -> Iterator[Pipeline]:
         ES_HEAP="512m",
     )
     p = Pipeline(env)
-    p.run("down", "--volumes", check=False)  # leftovers of an interrupted run
     try:
         yield p
     finally:

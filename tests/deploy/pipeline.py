@@ -20,9 +20,13 @@ import urllib.error
 import urllib.request
 from typing import Any, Optional
 
+from tests.support.names import unique_name
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = os.path.join(ROOT, "run_pipeline.sh")
-PROJECT = "sluicee2e"
+#: This run's compose project: two runs on one Docker engine never share containers,
+#: networks or volumes.
+PROJECT = unique_name("sluicee2e")
 
 INSTALL_HINT = (
     "the docker end-to-end test needs a running Docker engine with compose: "
@@ -65,6 +69,7 @@ class Pipeline:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
+        self.project = env.get("COMPOSE_PROJECT_NAME", PROJECT)
         self.http_port = int(env["SLUICE_HTTP_PORT"])
         self.es_port = int(env["SLUICE_ES_PORT"])
         self.ingest_port = int(env["SLUICE_INGEST_PORT"])

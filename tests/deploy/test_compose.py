@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import pytest
 
-from .pipeline import PROJECT, Pipeline, client_summaries
+from .pipeline import Pipeline, client_summaries
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 
@@ -105,7 +105,7 @@ def test_pipeline_in_docker(pipeline: Pipeline) -> None:
     new = set(p.containers("server")) - set(servers)
     assert len(new) == 1, p.containers("server")
     newcomer = new.pop()
-    time.sleep(3)  # nginx caches Docker's DNS answer for 2 s
+    # nginx caches Docker's DNS answer for 2 s: clients keep coming until one reaches it.
 
     acked_since = 0
 
@@ -152,7 +152,7 @@ def test_pipeline_in_docker(pipeline: Pipeline) -> None:
 
     # -- 4. down --volumes leaves nothing ----------------------------------------------------
     p.run("down", "--volumes")
-    label = f"label=com.docker.compose.project={PROJECT}"
+    label = f"label=com.docker.compose.project={p.project}"
     for kind in (["ps", "-a", "-q"], ["volume", "ls", "-q"], ["network", "ls", "-q"]):
         left = subprocess.run(
             ["docker", *kind, "--filter", label], capture_output=True, text=True, check=True

@@ -205,6 +205,10 @@ async def until(condition: Any, what: str, timeout: float = 60) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _nacked_some(server: ServerProcess) -> bool:
+    return (await server.metrics()).get("sluice_server_nacks_total", 0) > 0
+
+
 # -- nothing fails: exactly once -------------------------------------------------------------
 
 
@@ -287,7 +291,7 @@ async def test_rabbitmq_stopped_and_started_mid_stream(
 
     await until(acked_some, "the first acks")
     await asyncio.to_thread(private_rabbitmq.stop_app)
-    await asyncio.sleep(1.0)  # let the client hit the outage (not a timing assertion)
+    await until(lambda: _nacked_some(server), "the client to hit the outage (a nack)")
     await asyncio.to_thread(private_rabbitmq.start_app)
     code, summary, err = await finish_client(client)
     assert code == 0, err[-3000:]
@@ -320,7 +324,7 @@ async def test_an_outage_does_not_use_up_max_tries_and_message_ids_never_repeat(
 
     await until(acked_some, "the first acks")
     await asyncio.to_thread(private_rabbitmq.stop_app)
-    await asyncio.sleep(2.0)  # let the client hit the outage (not a timing assertion)
+    await until(lambda: _nacked_some(server), "the client to hit the outage (a nack)")
     await asyncio.to_thread(private_rabbitmq.start_app)
     code, summary, err = await finish_client(client)
     assert code == 0, err[-3000:]

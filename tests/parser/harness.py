@@ -5,6 +5,7 @@ against the records that were sent."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -205,7 +206,7 @@ class ParserProcess:
 
     def assert_running(self) -> None:
         code = self.proc.poll()
-        assert code is None, f"parser exited with {code}; log:\n{self.log()}"
+        assert code is None, f"parser exited with {code}; log:\n{self.log_tail()}"
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far, from /proc."""
@@ -214,10 +215,29 @@ class ParserProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log(self) -> str:
+        """The whole log: assertions must never search a tail, since how many lines follow
+        an event depends on the machine's speed."""
         try:
-            return self.log_path.read_text(errors="replace")[-6000:]
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return "<no log>"
+
+    def log_tail(self, limit: int = 6000) -> str:
+        """The end of the log, for failure messages only."""
+        return self.log()[-limit:]
+
+    def events(self, name: Optional[str] = None) -> list[dict[str, Any]]:
+        """The structured log lines (JSON objects), all of them or those whose ``event``
+        is ``name``; lines that are not JSON (a traceback, say) are skipped."""
+        found = []
+        for line in self.log().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and (name is None or event.get("event") == name):
+                found.append(event)
+        return found
 
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:

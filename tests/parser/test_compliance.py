@@ -10,7 +10,11 @@ For each name in ``registry.known_names()`` (built with default options):
   non-empty reason, nothing else;
 - it never mutates its input;
 - its output is serializable with orjson (whenever its input was);
-- its output is deterministic, apart from ``ingested_at``.
+- its output is deterministic, apart from ``ingested_at``;
+- if it offers the optional fast path ``encode_batch``, that agrees with ``parse``: for a
+  message of records ``parse`` all accepts it gives each document's id, ts and JSON; for
+  any other message, or bytes that are no message at all, it declines (None), never
+  raising.
 
 A plugin author runs this file with the plugin installed to check it.
 """
@@ -29,7 +33,7 @@ from hypothesis import strategies as st
 
 from sluice.errors import RecordError
 from sluice.parser import registry
-from sluice.parser.interface import ANY_KIND, Parser
+from sluice.parser.interface import ANY_KIND, BatchEncoder, Parser
 
 NAMES = registry.known_names()
 PROPERTY = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -73,6 +77,8 @@ BAD: dict[str, list[Any]] = {
         {**_GOOD, "value": "1.5"},
         {**_GOOD, "value": True},
         {**_GOOD, "value": math.inf},
+        {**_GOOD, "value": -math.inf},
+        {**_GOOD, "value": math.nan},
         {**_GOOD, "ts": "1000"},
         {**_GOOD, "ts": -1},
         {**_GOOD, "tags": ["a"]},
@@ -234,3 +240,78 @@ def test_arbitrary_values_give_a_dict_or_a_record_error(parser: Parser) -> None:
         check_total(parser, value)
 
     run()
+
+
+# -- the optional fast path ----------------------------------------------------------------
+
+
+def canonical(doc: Any) -> bytes:
+    # JSON texts of one document may differ (1e-07 or 1e-7, key order); their values not.
+    return orjson.dumps(without_clock(doc), option=orjson.OPT_SORT_KEYS)
+
+
+def check_batch(parser: Parser, records: list[Any]) -> None:
+    """``encode_batch`` of a message of ``records``: declined, or what ``parse`` makes."""
+    assert isinstance(parser, BatchEncoder)
+    encoded = parser.encode_batch(msgpack.packb(records, use_bin_type=True))
+    if encoded is None:
+        return
+    assert isinstance(encoded, list)
+    assert len(encoded) == len(records)
+    for record, (doc_id, ts, source) in zip(records, encoded):
+        doc = parser.parse(record)  # raises if the fast path took a record parse refuses
+        got = orjson.loads(source)
+        assert (doc_id, ts) == (doc["id"], doc["ts"])
+        assert type(ts) is int and type(doc_id) is str
+        assert canonical(got) == canonical(doc)
+        assert ("ingested_at" in got) == ("ingested_at" in doc)
+
+
+def batch_encoders() -> list[str]:
+    return [name for name in NAMES if isinstance(registry.create(name), BatchEncoder)]
+
+
+@pytest.fixture(params=batch_encoders() or [None])
+def batch_parser(request: pytest.FixtureRequest) -> Parser:
+    if request.param is None:
+        pytest.fail("no parser offers encode_batch; the measurement parser should")
+    return registry.create(request.param)
+
+
+def test_encode_batch_agrees_with_parse_on_valid_messages(batch_parser: Parser) -> None:
+    assert isinstance(batch_parser, BatchEncoder)
+    kinds = list(claimed(batch_parser, VALID))
+    strategy = st.one_of([VALID[kind] for kind in kinds]) if kinds else st.just(batch_parser.example())
+
+    @PROPERTY
+    @given(st.lists(strategy, max_size=20))
+    def run(records: list[dict[str, Any]]) -> None:
+        encoded = batch_parser.encode_batch(msgpack.packb(records, use_bin_type=True))
+        assert encoded is not None, "a message of valid records must take the fast path"
+        check_batch(batch_parser, records)
+
+    run()
+
+
+def test_encode_batch_declines_what_parse_refuses(batch_parser: Parser) -> None:
+    good = [batch_parser.example()]
+
+    @PROPERTY
+    @given(st.lists(anything | near_measurements(), min_size=1, max_size=5))
+    def run(values: list[Any]) -> None:
+        check_batch(batch_parser, good + values)
+
+    run()
+    for kind in claimed(batch_parser, BAD):
+        for bad in BAD[kind]:
+            assert isinstance(batch_parser, BatchEncoder)
+            assert batch_parser.encode_batch(msgpack.packb([*good, bad])) is None, bad
+
+
+@pytest.mark.parametrize("payload", [
+    b"", b"\xc1", b"\x92\x01", msgpack.packb({"id": "x"}), msgpack.packb("text"),
+    msgpack.packb([_GOOD]) + b"\x00", msgpack.packb([_GOOD])[:-3],
+], ids=repr)
+def test_encode_batch_declines_bytes_that_are_no_message(batch_parser: Parser, payload: bytes) -> None:
+    assert isinstance(batch_parser, BatchEncoder)
+    assert batch_parser.encode_batch(payload) is None

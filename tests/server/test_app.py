@@ -231,8 +231,10 @@ async def test_at_the_limit_pings_are_answered_and_bye_is_bounded(
     start_server: StartServer, clients: list[RawClient], private_rabbitmq: PrivateBroker
 ) -> None:
     server = await start_server(amqp_url=private_rabbitmq.url, max_inflight=2, idle_timeout=1.0)
-    client = await connect(clients, server, "patient")
+    # Blocked first: rabbitmqctl can take longer than idle_timeout on a loaded machine, and
+    # the connection must not idle out before its batches are sent.
     block_publishers(private_rabbitmq)
+    client = await connect(clients, server, "patient")
     client.batch(0, b"\x90")
     client.batch(1, b"\x90")
     await poll(lambda: server.publisher.inflight == 2)

@@ -34,7 +34,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ import pytest
 from yarl import URL
 
 from .es_proxy import ProxyThread
+from .names import unique_name
 
 __all__ = [
     "EsOutage",
@@ -279,7 +279,7 @@ def _delete_prefix(upstream: str, prefix: str) -> None:
 @pytest.fixture
 def es_index_prefix(es_service: EsService) -> Iterator[str]:
     # A leading letter: index names may not start with "_", "-" or "+".
-    prefix = "t" + uuid.uuid4().hex[:12]
+    prefix = unique_name("t")
     yield prefix
     _delete_prefix(es_service.upstream_url, prefix)
 

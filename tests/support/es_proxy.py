@@ -5,6 +5,12 @@ elasticsearch-py 9 always sends ``application/vnd.elasticsearch+json; compatible
 The proxy maps them to plain ``application/json`` / ``application/x-ndjson`` and passes
 everything else through: method, raw path and query string, body, status, response headers.
 
+In a TLS deployment it stands in for Elasticsearch's own security too: ``--tls-cert`` and
+``--tls-key`` make it listen with HTTPS only, and ``--password`` (default: the
+``ELASTIC_PASSWORD`` environment variable, as the real image reads it) makes it answer 401
+to any request without ``elastic`` and that password in basic authentication, so the hop
+is really encrypted and authenticated with the stand-in as well.
+
 It can also simulate an outage: ``pause()`` stops listening and drops open connections, so
 clients see "connection refused" exactly as when Elasticsearch is down, and ``resume()``
 listens again on the same port. ``pause(status=503)`` instead answers every request with 503
@@ -27,12 +33,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
+import hmac
 import io
 import json
 import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Iterable
@@ -110,8 +120,12 @@ class EsProxy:
         port: int = 0,
         *,
         rewrite: bool = True,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        password: Optional[str] = None,
     ) -> None:
         upstream_url = _upstream_url(upstream)
+        self._ssl = ssl_context
+        self._password = password
         # Credentials in the upstream URL are added for clients that send none, so code
         # under test can be given the proxy's bare URL.
         self._auth: Optional[str] = None
@@ -135,7 +149,7 @@ class EsProxy:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self._ssl else 'http'}://{host}:{self.port}"
 
     @property
     def paused(self) -> bool:
@@ -202,7 +216,7 @@ class EsProxy:
         loop = asyncio.get_running_loop()
         # The same port again after a pause: other processes were told this address.
         self._listener = await loop.create_server(
-            self._web_server, self.host, self.port, reuse_address=True, backlog=1024
+            self._web_server, self.host, self.port, reuse_address=True, backlog=1024, ssl=self._ssl
         )
         sock = self._listener.sockets[0]
         self.port = sock.getsockname()[1]
@@ -244,7 +258,25 @@ class EsProxy:
         finally:
             self._in_flight.discard(task)
 
+    def _authorized(self, request: web.BaseRequest) -> bool:
+        if self._password is None:
+            return True
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return user == "elastic" and hmac.compare_digest(password, self._password)
+
     async def _forward(self, request: web.BaseRequest) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.json_response(
+                {"error": {"type": "security_exception", "reason": "missing or wrong credentials"},
+                 "status": 401},
+                status=401, headers={"WWW-Authenticate": 'Basic realm="security"'},
+            )
         if self._paused_status is not None:
             return web.json_response(
                 {"error": self._paused_error or "es_proxy: service paused",
@@ -418,7 +450,12 @@ async def _run(func: Any, *args: Any) -> Any:
 
 async def _serve(args: argparse.Namespace) -> None:
     host, port = _parse_hostport(args.listen)
-    proxy = EsProxy(args.upstream, host, port, rewrite=not args.no_rewrite)
+    context = None
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key or None)
+    proxy = EsProxy(args.upstream, host, port, rewrite=not args.no_rewrite, ssl_context=context,
+                    password=args.password or None)
     await proxy.start()
     print(
         json.dumps({"url": proxy.url, "upstream": str(proxy.upstream), "pid": os.getpid()}),
@@ -461,6 +498,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         action="store_true",
         help="pass Accept/Content-Type unchanged (a real Elasticsearch needs no rewriting)",
     )
+    parser.add_argument("--tls-cert", default=os.environ.get("ES_PROXY_TLS_CERT", ""),
+                        help="serve HTTPS only, with this certificate (PEM) [env ES_PROXY_TLS_CERT]")
+    parser.add_argument("--tls-key", default=os.environ.get("ES_PROXY_TLS_KEY", ""),
+                        help="key of --tls-cert [env ES_PROXY_TLS_KEY]")
+    parser.add_argument("--password", default=os.environ.get("ELASTIC_PASSWORD", ""),
+                        help="require basic authentication as 'elastic' with this password "
+                        "[env ELASTIC_PASSWORD]")
     parser.add_argument("--log-level", default=os.environ.get("ES_PROXY_LOG_LEVEL", "WARNING"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")

@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -23,6 +23,8 @@ import aiormq
 import pytest
 
 from sluice.topology import Topology
+
+from .names import unique_name
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 TEST_KINDS = ("measurement", "other")
@@ -69,7 +71,7 @@ def amqp_url() -> str:
 @pytest.fixture
 async def namespace(amqp_url: str) -> AsyncIterator[str]:
     """A unique topology namespace: this test's exchanges and queues are its own."""
-    ns = f"t{uuid.uuid4().hex[:12]}"
+    ns = unique_name("t")
     yield ns
     await delete_topology(amqp_url, Topology(namespace=ns), TEST_KINDS)
 
@@ -109,13 +111,23 @@ class PrivateBroker:
         self.ctl("start_app")
         self.ctl("await_startup")
 
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM, when ``rabbitmqctl stop`` could not stop it."""
+        try:
+            with open(os.path.join(self.base, "pid")) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
 
 @pytest.fixture
 def private_rabbitmq() -> Iterator[PrivateBroker]:
     if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
         pytest.fail("this test needs a local rabbitmq-server: apt-get install rabbitmq-server "
                     "(./scripts/test.sh installs it)", pytrace=False)
-    name = f"sluicetest{uuid.uuid4().hex[:8]}"
+    name = unique_name("sluicetest")
     node = f"{name}@{socket.gethostname().split('.')[0]}"
     port = free_port()
     base = tempfile.mkdtemp(prefix=name, dir="/tmp")
@@ -148,6 +160,9 @@ def private_rabbitmq() -> Iterator[PrivateBroker]:
                 time.sleep(1)
         yield broker
     finally:
-        with contextlib.suppress(subprocess.SubprocessError):
+        # A node that does not stop in time is killed: it must not outlive the test.
+        try:
             broker.ctl("stop", timeout=60)
+        except subprocess.SubprocessError:
+            broker.kill()
         shutil.rmtree(base, ignore_errors=True)

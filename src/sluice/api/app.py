@@ -2,7 +2,8 @@
 cleanup contexts that own the Elasticsearch client and the RabbitMQ connection.
 
 Errors never leave as HTML or a stack trace: every status other than 200 is
-``{"error": {"code", "message"}}``, including aiohttp's own 404 and 405.
+``{"error": {"status", "code", "message"}}`` (see responses.py), including aiohttp's own
+404 and 405; a 503 carries ``Retry-After``. CORS (``--cors-origins``) is the outermost layer.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 
+from ..auth import TokenFile
 from ..backoff import Backoff
 from ..errors import IndexingError
 from ..es import ensure_template
@@ -25,11 +28,13 @@ from ..lifecycle import TaskOwner
 from ..logs import get_logger
 from ..metrics import Counter, Registry
 from ..topology import Topology
+from .auth import bearer_auth
+from .cors import cors_middleware
 from .handlers import CONTEXT, ApiContext, add_routes
 from .openapi import openapi_document
 from .params import PLAIN, parse_query
 from .pipeline import QueueInspector
-from .responses import ApiError, error_body, json_response
+from .responses import RETRY_AFTER_S, ApiError, error_body, json_response
 from .store import Store
 
 __all__ = ["ApiMetrics", "BadRequestLogFilter", "build_app", "quiet_bad_request_logs", "static_dir"]
@@ -110,7 +115,10 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         return response
     except ApiError as exc:
         status = exc.status
-        return json_response(request, error_body(exc.code, exc.message), status=exc.status)
+        response = json_response(request, exc.body(), status=exc.status)
+        if exc.status == 503:
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     except web.HTTPException as exc:
         status = exc.status
         if exc.status < 400:
@@ -120,7 +128,7 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
             404: _not_found(request),
             405: f"{request.method} is not allowed on {request.path}",
         }.get(exc.status, exc.reason)
-        response = json_response(request, error_body(code, message), status=exc.status)
+        response = json_response(request, error_body(code, message, exc.status), status=exc.status)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
@@ -130,7 +138,7 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
     except Exception as exc:
         status = 500
         log.error("unhandled_error", path=request.path, error=repr(exc), exc_info=exc)
-        return json_response(request, error_body("internal", "internal error; see the API's log"),
+        return json_response(request, error_body("internal", "internal error; see the API's log", 500),
                              status=500)
     finally:
         metrics = request.app[METRICS]
@@ -189,16 +197,27 @@ def build_app(
     es_timeout: float = 10.0,
     install_template: bool = True,
     template_replicas: Optional[int] = None,
+    tokens: Optional[TokenFile] = None,
+    es_options: Optional[Mapping[str, Any]] = None,
+    cors_origins: Sequence[str] = (),
     retention_days: Optional[int] = None,
 ) -> web.Application:
-    """The API application; its resources open on startup and close on cleanup."""
+    """The API application; its resources open on startup and close on cleanup. With
+    ``tokens``, requests need a bearer token with the read scope (see ``auth.py``)."""
     quiet_bad_request_logs()
     metrics = ApiMetrics()
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=64 * 1024)
+    # CORS outermost: preflights are answered before anything else, errors get its headers;
+    # bearer tokens innermost, so a 401 is counted and carries the CORS headers too.
+    middlewares: list[Middleware] = [cors_middleware(cors_origins)] if cors_origins else []
+    middlewares.append(_errors_and_metrics)
+    if tokens is not None:
+        middlewares.append(bearer_auth(tokens))
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[METRICS] = metrics
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = Store(es_url, index_prefix, kinds, timeout=es_timeout, latency=metrics.store_latency)
+        store = Store(es_url, index_prefix, kinds, timeout=es_timeout, latency=metrics.store_latency,
+                      es_options=es_options)
         inspector = QueueInspector(amqp_url) if amqp_url else None
         tasks = TaskOwner("api")
         app[CONTEXT] = ApiContext(store, inspector, Topology(namespace), tuple(kinds))

@@ -46,6 +46,13 @@ async def stats(request: web.Request) -> web.Response:
     return json_response(request, {**queries.stats_result(resp), "filters": f.describe()})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    values = parse_query(request.query, params.METRICS)
+    f = filters_of(values)
+    resp = await _ctx(request).store.search(queries.metrics_body(f))
+    return json_response(request, {**queries.metrics_result(resp), "filters": f.describe()})
+
+
 async def sensors(request: web.Request) -> web.Response:
     values = parse_query(request.query, params.SENSORS)
     f = filters_of(values)
@@ -131,16 +138,23 @@ async def _ingest(store: Store, minutes: int) -> dict[str, Any]:
     return queries.ingest_result(resp, window_start, bucket_start, end)
 
 
-async def _dead_reasons(store: Store) -> Optional[list[dict[str, Any]]]:
-    """Dead-lettered records by reason, from the event documents parsers write to
-    ``<prefix>-dead-*``; ``None`` when the store cannot count them by reason."""
+async def _dead_reasons(store: Store) -> tuple[Optional[list[dict[str, Any]]], Optional[list[dict[str, Any]]]]:
+    """Dead-lettered records by reason and the latest few, from the event documents parsers
+    write to ``<prefix>-dead-*``; ``None`` when the store cannot answer that question."""
     try:
         resp = await store.search(queries.dead_reasons_body(), index=store.dead_index)
     except ApiError as exc:
         if exc.status == 503:
             raise
-        return None
-    return queries.dead_reasons_result(resp)
+        return None, None
+    try:
+        samples = queries.dead_samples_result(
+            await store.search(queries.dead_samples_body(), index=store.dead_index))
+    except ApiError as exc:
+        if exc.status == 503:
+            raise
+        samples = None
+    return queries.dead_reasons_result(resp), samples
 
 
 async def pipeline(request: web.Request) -> web.Response:
@@ -154,7 +168,7 @@ async def pipeline(request: web.Request) -> web.Response:
             return None
         return await ctx.inspector.states([*raw, *dead])
 
-    states, ingest, reasons = await asyncio.gather(
+    states, ingest, (reasons, samples) = await asyncio.gather(
         queue_states(), _ingest(ctx.store, values["minutes"]), _dead_reasons(ctx.store)
     )
     n = len(ctx.kinds)
@@ -182,6 +196,7 @@ async def pipeline(request: web.Request) -> web.Response:
             "total": dead_total,
             "queues": dead_queues,
             "by_reason": reasons,
+            "samples": samples,
         },
         "ingest": ingest,
     })
@@ -202,6 +217,7 @@ async def readyz(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/stats", stats)
     app.router.add_get("/api/v1/sensors", sensors)
+    app.router.add_get("/api/v1/metrics", metrics)
     app.router.add_get("/api/v1/histogram", histogram)
     app.router.add_get("/api/v1/measurements", measurements)
     app.router.add_get("/api/v1/pipeline", pipeline)

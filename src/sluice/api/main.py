@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from .. import tls
+from ..auth import TokenFile
 from ..errors import ConfigError
 from ..es import index_pattern
 from ..lifecycle import run_service, stop_on_signals
@@ -40,6 +43,17 @@ class ApiSettings(BrokerSettings, StoreSettings):
     es_timeout: float = option(
         10.0, "seconds before an Elasticsearch request counts as failed (answered 503)"
     )
+    cors_origins: tuple[str, ...] = option(
+        (), "origins allowed to call the API from a browser (CORS), comma-separated, e.g. "
+        "https://grafana.example.com; * allows any; empty = no CORS headers (same origin only)"
+    )
+    token_file: str = option("", "file of hashed tokens (sluice token); when set, every "
+                                 "request except /healthz, /readyz, the dashboard page and "
+                                 "the OpenAPI document needs a bearer token with the read "
+                                 "scope (reloaded when it changes)", metavar="PATH")
+    tls_cert: str = option("", "certificate (PEM) to serve HTTPS instead of HTTP; needs "
+                               "--tls-key", metavar="PATH")
+    tls_key: str = option("", "private key of --tls-cert (PEM)", metavar="PATH")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,6 +63,11 @@ class ApiSettings(BrokerSettings, StoreSettings):
             raise ConfigError("kinds must name at least one record kind")
         if self.es_timeout <= 0:
             raise ConfigError(f"es_timeout must be positive, not {self.es_timeout}")
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+/?", origin):
+                raise ConfigError(f"cors_origins: {origin!r} is not an origin such as https://host:port or *")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
         try:
             for kind in self.kinds:
                 index_pattern(self.index_prefix, kind)
@@ -69,19 +88,24 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         amqp_url=settings.amqp_url or None,
         namespace=settings.namespace,
         es_timeout=settings.es_timeout,
+        cors_origins=settings.cors_origins,
+        tokens=TokenFile(settings.token_file) if settings.token_file else None,
+        es_options=settings.es_client_options(),
         retention_days=settings.retention_days,
     )
+    context = tls.server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=context)
         await site.start()
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else settings.port
+        scheme = "https" if context else "http"
         # Tests and scripts read this line to learn the port when --port 0 was given.
         log.info("api_listening", host=settings.host, port=port,
-                 url=f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '') else settings.host}:{port}")
+                 url=f"{scheme}://{'127.0.0.1' if settings.host in ('0.0.0.0', '') else settings.host}:{port}")
         await stop.wait()
     finally:
         await runner.cleanup()

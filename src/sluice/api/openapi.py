@@ -49,10 +49,18 @@ _GROUP: dict[str, Any] = {
 
 _SCHEMAS: dict[str, Any] = {
     "Error": _obj({
-        "error": _obj({
-            "code": {"type": "string", "enum": list(ERROR_CODES)},
-            "message": {"type": "string"},
-        }),
+        "error": {
+            "type": "object",
+            "required": ["status", "code", "message"],
+            "properties": {
+                "status": {"type": "integer", "description": "the HTTP status, repeated"},
+                "code": {"type": "string", "enum": list(ERROR_CODES)},
+                "message": {"type": "string"},
+                "param": {"type": "string", "description": "the query parameter at fault "
+                          "(only on 400 bad_parameter and unknown_parameter)"},
+            },
+            "additionalProperties": False,
+        },
     }),
     "Filters": _obj({
         "metric": {"type": "string", "nullable": True},
@@ -127,6 +135,17 @@ _SCHEMAS: dict[str, Any] = {
                         "description": "pass as `cursor` for the next page; null on the last"},
         "filters": _ref("Filters"),
     }),
+    "Metrics": _obj({
+        "total": {"type": "integer", "minimum": 0, "description": "measurements matching the filters"},
+        "others_count": {"type": "integer", "minimum": 0,
+                         "description": "measurements of metrics beyond the listed ones"},
+        "metrics": {"type": "array", "items": _obj({
+            "metric": {"type": "string"},
+            "unit": {"type": "string", "nullable": True, "description": "the most common unit"},
+            "count": {"type": "integer", "minimum": 0},
+        })},
+        "filters": _ref("Filters"),
+    }),
     "QueueState": _obj({
         "kind": {"type": "string"},
         "queue": {"type": "string"},
@@ -150,6 +169,14 @@ _SCHEMAS: dict[str, Any] = {
                 "write to `<prefix>-dead-*`; null when the store cannot count them",
                 "items": _obj({"reason": {"type": "string"},
                                "count": {"type": "integer", "minimum": 0}}),
+            },
+            "samples": {
+                "type": "array",
+                "nullable": True,
+                "description": "the latest few dead-letter events, newest first (the dead letter "
+                "itself, with the record, stays in the dead-letter queue); null when the store "
+                "cannot list them",
+                "items": {"type": "object", "additionalProperties": True},
             },
         }),
         "ingest": _obj({
@@ -208,7 +235,10 @@ def _get(
     }
     if store:
         responses["502"] = _error("Elasticsearch refused the query")
-        responses["503"] = _error("Elasticsearch is down or timing out; retry later")
+        responses["503"] = _error("Elasticsearch is down or timing out; retry after the "
+                                  "seconds in the Retry-After header")
+        responses["503"]["headers"] = {"Retry-After": {
+            "description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
     op: dict[str, Any] = {
         "summary": summary,
         "tags": [tag],
@@ -240,7 +270,12 @@ def openapi_document() -> dict[str, Any]:
             "title": "sluice API",
             "version": __version__,
             "description": "Aggregations over the measurements sluice stored, and the state of "
-            "the pipeline. Every error is JSON: {\"error\": {\"code\", \"message\"}}. Add "
+            "the pipeline. Every error is JSON: {\"error\": {\"status\", \"code\", "
+            "\"message\"}}, where `status` repeats the HTTP status and `code` is one of a fixed "
+            "list; a 400 about one parameter also names it in `param`; a 503 carries a "
+            "`Retry-After` header (seconds). `from` and `to` take ISO 8601, epoch milliseconds or "
+            "times relative to now (`now-1h`, `now-15m`, `now`). Cross-origin calls from a "
+            "browser are refused unless the API runs with `--cors-origins`. Add "
             "`?pretty` for indented output. A request malformed at the HTTP level (a request "
             "line or header longer than 8190 bytes, bytes that are not ASCII in the URL, a broken "
             "header) is refused by the HTTP server before it reaches the API: that 400 is plain "
@@ -261,6 +296,12 @@ def openapi_document() -> dict[str, Any]:
                 "order may be approximate. With `per_metric=true`, `size` is at most "
                 f"{max_sensors(True)}, so the answer stays within Elasticsearch's "
                 f"{ES_MAX_BUCKETS:,} buckets (`search.max_buckets`).",
+            ),
+            "/api/v1/metrics": _get(
+                "Metrics", "Metrics", params.METRICS,
+                description="The metrics measured, most measurements first, each with its most "
+                "common unit and its count (exact). Averages mix units across metrics: ask "
+                "`/stats` with `metric=` for one of these.",
             ),
             "/api/v1/histogram": _get(
                 "Date histogram", "Histogram", params.HISTOGRAM,

@@ -13,6 +13,7 @@ import binascii
 import datetime as _dt
 import json
 import re
+import time as _time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -24,6 +25,7 @@ __all__ = [
     "HISTOGRAM",
     "MAX_REPEAT",
     "MEASUREMENTS",
+    "METRICS",
     "PIPELINE",
     "SENSORS",
     "SENSOR_ORDERS",
@@ -51,7 +53,13 @@ _ISO_RE = (
 _SPACED_RE = (
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)? [0-9]{2}:?[0-9]{2}"
 )
-TIME_PATTERN = f"^(?:{_EPOCH_MS_RE}|{_ISO_RE}|{_SPACED_RE})$"
+# Relative to the time of the request, as Elasticsearch date math: now, now-15m, now-1h30m,
+# now-1d/d (rounded down to the unit, UTC).
+_RELATIVE_RE = r"now(?:[+-](?:[0-9]{1,9}[smhdw])+)*(?:/[smhdw])?"
+_RELATIVE_STEPS = re.compile(r"([+-])((?:[0-9]{1,9}[smhdw])+)")
+_RELATIVE_PARTS = re.compile(r"([0-9]{1,9})([smhdw])")
+_UNIT_MS_RELATIVE = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+TIME_PATTERN = f"^(?:{_EPOCH_MS_RE}|{_ISO_RE}|{_SPACED_RE}|{_RELATIVE_RE})$"
 _ISO_PARTS = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
     r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]{1,9}))?)?"
@@ -109,10 +117,32 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
-def parse_time(name: str, raw: str) -> int:
-    """ISO 8601 (``2026-11-28``, ``2026-11-28T10:00:00Z``, offsets, no zone = UTC) or
-    epoch milliseconds -> epoch milliseconds."""
-    expected = "expected ISO 8601 (e.g. 2026-11-28T10:00:00Z) or epoch milliseconds"
+def _relative(raw: str, now_ms: int) -> int:
+    """``now-1h`` and friends against ``now_ms``; the pattern was checked by the caller."""
+    ms = now_ms
+    body, _, rounding = raw[3:].partition("/")
+    for sign, parts in _RELATIVE_STEPS.findall(body):
+        step = sum(int(n) * _UNIT_MS_RELATIVE[unit] for n, unit in _RELATIVE_PARTS.findall(parts))
+        ms = ms + step if sign == "+" else ms - step
+    if rounding:
+        if rounding == "w":  # weeks start on Monday, as in Elasticsearch; 1970-01-01 was a Thursday
+            ms -= (ms + 3 * 86_400_000) % _UNIT_MS_RELATIVE["w"]
+        else:
+            ms -= ms % _UNIT_MS_RELATIVE[rounding]
+    return ms
+
+
+def parse_time(name: str, raw: str, now_ms: Optional[int] = None) -> int:
+    """ISO 8601 (``2026-11-28``, ``2026-11-28T10:00:00Z``, offsets, no zone = UTC), epoch
+    milliseconds, or relative to now (``now``, ``now-15m``, ``now-1h``, ``now-1d/d``) ->
+    epoch milliseconds."""
+    expected = ("expected ISO 8601 (e.g. 2026-11-28T10:00:00Z), epoch milliseconds or a time "
+                "relative to now (now, now-15m, now-1h, now-7d/d)")
+    if re.fullmatch(_RELATIVE_RE, raw, re.ASCII):
+        ms = _relative(raw, int(_time.time() * 1000) if now_ms is None else now_ms)
+        if not 0 <= ms <= MAX_TS:
+            raise ApiError.bad_parameter(name, f"{raw!r} is outside 1970 to 9999")
+        return ms
     # A "+" typed unencoded in a URL arrives as a space: "...T10:00:00 01:00" is +01:00.
     spaced = _SPACED_OFFSET.match(raw)
     if spaced is not None:
@@ -229,6 +259,10 @@ def decode_cursor(name: str, raw: str) -> list[Any]:
 # -- declarations --------------------------------------------------------------------------
 
 _TIME_SCHEMA = {"type": "string", "pattern": TIME_PATTERN}
+_RELATIVE_NOTE = (" Relative times use Elasticsearch's date math: `now`, `now-15m`, `now-1h`, "
+                  "`now-1h30m`, `now-7d`, units `s m h d w`, and an optional rounding down to a "
+                  "unit in UTC (`now-1d/d` is the start of yesterday). Answers echo the resolved "
+                  "time in `filters`.")
 _SPACE_NOTE = (" A `+HH:MM` offset sent unencoded arrives as a space; `<date>T<time> HH:MM` "
                "is therefore read as `+HH:MM` (encode `+` as `%2B` to be exact).")
 
@@ -242,10 +276,12 @@ FILTERS: tuple[Param, ...] = (
           {"type": "string", "minLength": 1, "maxLength": _TEXT_LIMIT}, _text, example="temperature"),
     Param("sensor", "Only measurements from this sensor.",
           {"type": "string", "minLength": 1, "maxLength": _TEXT_LIMIT}, _text, example="sensor-0001"),
-    Param("from", "Start of the time range, inclusive: ISO 8601 (no zone means UTC) or epoch "
-          f"milliseconds.{_SPACE_NOTE}", _TIME_SCHEMA, parse_time, example="2026-11-28T00:00:00Z"),
-    Param("to", "End of the time range, exclusive: ISO 8601 (no zone means UTC) or epoch "
-          f"milliseconds.{_SPACE_NOTE}", _TIME_SCHEMA, parse_time, example="1795910400000"),
+    Param("from", "Start of the time range, inclusive: ISO 8601 (no zone means UTC), epoch "
+          f"milliseconds, or relative to the time of the request.{_RELATIVE_NOTE}{_SPACE_NOTE}",
+          _TIME_SCHEMA, parse_time, example="now-1h"),
+    Param("to", "End of the time range, exclusive: ISO 8601 (no zone means UTC), epoch "
+          f"milliseconds, or relative to the time of the request.{_RELATIVE_NOTE}{_SPACE_NOTE}",
+          _TIME_SCHEMA, parse_time, example="now"),
     Param("tag", "Only measurements carrying this tag, as `key:value`; repeat for several "
           f"(all must match), at most {MAX_REPEAT} times.",
           {"type": "array", "maxItems": MAX_REPEAT, "items": {"type": "string", "pattern": TAG_PATTERN}},
@@ -260,6 +296,7 @@ def _size(default: int, high: int) -> Param:
 
 
 STATS: tuple[Param, ...] = (*FILTERS, PRETTY)
+METRICS: tuple[Param, ...] = STATS
 SENSORS: tuple[Param, ...] = (
     *FILTERS,
     _size(20, 1000),
@@ -305,7 +342,7 @@ def parse_query(query: Mapping[str, str], params: Sequence[Param]) -> dict[str, 
         if param is None:
             accepted = ", ".join(sorted(known)) or "none"
             raise ApiError(400, "unknown_parameter",
-                           f"unknown parameter '{name}'; this endpoint accepts: {accepted}")
+                           f"unknown parameter '{name}'; this endpoint accepts: {accepted}", param=name)
         raws: list[str] = list(getall(name)) if getall is not None else [query[name]]
         if param.repeatable and len(raws) > MAX_REPEAT:
             raise ApiError.bad_parameter(

@@ -3,7 +3,8 @@
 A passive ``queue.declare`` answers with the queue's ready-message and consumer counts
 without creating or changing anything, and needs no management plugin. A queue that does
 not exist closes the channel (404), so each look-up gets a fresh channel on one shared
-connection, which is opened lazily and reopened after it breaks.
+connection, which is opened lazily and reopened after it breaks. Given the URLs of a
+cluster's nodes, a connect tries them in turn, starting after the node that failed last.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Optional
 import aiormq
 
 from ..logs import RateLimitedLog, get_logger
-from ..settings import mask_url
+from ..settings import mask_url, split_urls
 
 __all__ = ["QueueInspector", "QueueState"]
 
@@ -45,7 +46,8 @@ class QueueInspector:
     """Reads queue states; ``up`` and ``error`` describe the last attempt."""
 
     def __init__(self, url: str, *, timeout: float = 3.0, retry_after: float = 2.0) -> None:
-        self._url = url
+        self._urls = split_urls(url)
+        self._next = 0
         self._timeout = timeout
         self._retry_after = retry_after
         self._connection: Optional[aiormq.abc.AbstractConnection] = None
@@ -63,17 +65,23 @@ class QueueInspector:
             # timeout; answer from the last failure for a moment instead.
             if time.monotonic() - self._failed_at < self._retry_after and self.error:
                 raise ConnectionError(self.error)
-            try:
-                conn = await asyncio.wait_for(aiormq.connect(self._url), self._timeout)
-            except Exception as exc:
-                self._failed_at = time.monotonic()
-                self.error = f"cannot connect to RabbitMQ: {type(exc).__name__}"
-                self._warn.warning("connect", "broker_unreachable", url=mask_url(self._url),
-                                   error=repr(exc))
-                raise ConnectionError(self.error) from exc
-            self._connection = conn
-            self.error = None
-            return conn
+            failure: Optional[Exception] = None
+            for _ in self._urls:
+                url = self._urls[self._next]
+                try:
+                    conn = await asyncio.wait_for(aiormq.connect(url), self._timeout)
+                except Exception as exc:
+                    self._next = (self._next + 1) % len(self._urls)
+                    failure = exc
+                    self._warn.warning("connect", "broker_unreachable", url=mask_url(url),
+                                       error=repr(exc))
+                    continue
+                self._connection = conn
+                self.error = None
+                return conn
+            self._failed_at = time.monotonic()
+            self.error = f"cannot connect to RabbitMQ: {type(failure).__name__}"
+            raise ConnectionError(self.error) from failure
 
     async def _one(self, conn: aiormq.abc.AbstractConnection, queue: str) -> QueueState:
         channel = await asyncio.wait_for(conn.channel(), self._timeout)

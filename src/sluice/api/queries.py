@@ -426,3 +426,56 @@ def dead_reasons_body() -> dict[str, Any]:
 def dead_reasons_result(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
     buckets = ((resp.get("aggregations") or {}).get("reasons") or {}).get("buckets") or []
     return [{"reason": str(b["key"]), "count": _count(b.get("doc_count"))} for b in buckets]
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+#: metrics listed by /api/v1/metrics; the rest are counted in ``others_count``
+METRICS_LIMIT = 200
+
+
+def metrics_body(f: Filters) -> dict[str, Any]:
+    return {
+        "size": 0,
+        "track_total_hits": True,
+        "query": filter_query(f),
+        "aggs": {
+            "metrics": {
+                "terms": {"field": "metric", "size": METRICS_LIMIT,
+                          "order": [{"_count": "desc"}, {"_key": "asc"}]},
+                # The most common unit: a metric should have one, but records decide.
+                "aggs": {"units": {"terms": {"field": "unit", "size": 1}}},
+            }
+        },
+    }
+
+
+def metrics_result(resp: Mapping[str, Any]) -> dict[str, Any]:
+    buckets = ((resp.get("aggregations") or {}).get("metrics") or {}).get("buckets") or []
+    metrics: list[dict[str, Any]] = []
+    listed = 0
+    for b in buckets:
+        units = (b.get("units") or {}).get("buckets") or []
+        count = _count(b.get("doc_count"))
+        listed += count
+        metrics.append({"metric": str(b["key"]), "unit": str(units[0]["key"]) if units else None,
+                        "count": count})
+    total = _total(resp)
+    return {"total": total, "others_count": max(0, total - listed), "metrics": metrics}
+
+
+# -- dead-letter samples -------------------------------------------------------------------
+
+DEAD_SAMPLES = 5
+DEAD_SAMPLE_FIELDS = ("@timestamp", "reason", "kind", "error", "record_id", "source_message_id",
+                      "position", "parser")
+
+
+def dead_samples_body() -> dict[str, Any]:
+    return {"size": DEAD_SAMPLES, "sort": [{"@timestamp": {"order": "desc"}}],
+            "_source": list(DEAD_SAMPLE_FIELDS)}
+
+
+def dead_samples_result(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
+    hits = (resp.get("hits") or {}).get("hits") or []
+    return [{k: (h.get("_source") or {}).get(k) for k in DEAD_SAMPLE_FIELDS} for h in hits]

@@ -38,10 +38,11 @@ class Store:
         timeout: float,
         latency: Histogram | None = None,
         client: AsyncElasticsearch | None = None,
+        es_options: Mapping[str, Any] | None = None,
     ) -> None:
         # One retry at most: a user is waiting, and the 503 tells them to try again.
         self.client = client or make_client(
-            url, request_timeout=timeout, max_retries=1, retry_on_timeout=False
+            url, request_timeout=timeout, max_retries=1, retry_on_timeout=False, **(es_options or {})
         )
         self.prefix = prefix
         self.timeout = timeout

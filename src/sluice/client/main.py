@@ -7,12 +7,14 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import tls
 from ..errors import ConfigError
 from ..logs import configure_logging, get_logger
 from ..protocol import validate_kind
 from ..records import MEASUREMENT_KIND
-from ..settings import CommonSettings, describe, load, option
+from ..settings import CommonSettings, Seconds, describe, load, option
 from ..settings import add_arguments as add_settings_arguments
+from .security import Credentials
 
 __all__ = ["HELP", "ClientSettings", "add_arguments", "main", "parse_target"]
 
@@ -23,7 +25,8 @@ HELP = (
     "reporting invalid lines. Every batch is kept until acked and resent after a nack or a "
     "broken connection. Exit status: 0 all acked, 1 some record not acked, 3 all valid "
     "records acked but some input lines were invalid, 4 the input could not be read to its "
-    "end (source_error in the summary)."
+    "end (source_error in the summary), 5 the server refused this client for good: TLS "
+    "verification or authentication failed (fatal_error in the summary; not retried)."
 )
 
 log = get_logger(__name__)
@@ -47,9 +50,13 @@ class ClientSettings(CommonSettings):
     batch_size: int = option(500, "records per batch (one frame, one AMQP message)")
     linger_ms: float = option(50.0, "send a partial batch once its first record is this old (ms)")
     rate: float = option(0.0, "records per second to generate; 0 = as fast as they are acked")
-    duration: float = option(0.0, "seconds to generate for; 0 = until --count (or forever)")
+    duration: Seconds = option(0.0, "how long to generate, e.g. 90s, 5m, 1h30m (plain numbers "
+                                    "are seconds); 0 = until --count (or forever)")
     count: int = option(0, "records to generate; 0 = until --duration (or forever)")
     sensors: int = option(100, "number of synthetic sensors")
+    extra_tags: int = option(0, "extra tags per generated record (t01, t02, ...), to measure "
+                                "throughput at larger records; see --tag-bytes")
+    tag_bytes: int = option(16, "characters in each extra tag's value")
     seed: Optional[int] = option(None, "seed for reproducible generated data (default random)")
     file: str = option("", "send NDJSON records from PATH, or - for stdin, instead of generating",
                        metavar="PATH")
@@ -58,13 +65,29 @@ class ClientSettings(CommonSettings):
                                 "does not know; unroutable gives up after 3 at most) before "
                                 "giving it up as failed; transient failures do not count: "
                                 "see --give-up-after")
-    give_up_after: float = option(600.0, "seconds to keep retrying through transient failures "
+    give_up_after: Seconds = option(600.0, "seconds to keep retrying through transient failures "
                                          "(RabbitMQ unavailable, a full queue refusing "
                                          "publishes, connections broken or refused, "
                                          "server unreachable or silent), counted from a batch's "
                                          "first send, before giving it up as failed; 0 = never")
-    drain_timeout: float = option(30.0, "on SIGINT/SIGTERM, seconds to wait for acks still owed")
-    json: bool = option(False, "print the final summary as one JSON object on stdout")
+    drain_timeout: Seconds = option(30.0, "on SIGINT/SIGTERM, how long to wait for acks still owed")
+    json: bool = option(False, "print the final summary as one JSON object on stdout, and the "
+                               "progress reports as JSON lines on stderr")
+    report_interval: Seconds = option(5.0, "when stderr is not a terminal, a progress report "
+                                           "(rate, acked, in flight, nacks, reconnects) this "
+                                           "often on stderr; 0 = none. A terminal gets a live "
+                                           "line instead")
+    # -- security (docs/security.md) --
+    tls: bool = option(False, "connect with TLS, verifying the server's certificate")
+    ca_file: str = option("", "CA (PEM) to verify the server with, instead of the system's "
+                              "(implies --tls)", metavar="PATH")
+    cert: str = option("", "client certificate (PEM) for servers that require one (implies --tls)",
+                       metavar="PATH")
+    key: str = option("", "private key of --cert (PEM)", metavar="PATH")
+    server_name: str = option("", "name the server's certificate must carry (default: the "
+                                  "--target host)")
+    token: str = option("", "token sent in hello to servers that require one (prefer "
+                            "SLUICE_TOKEN_FILE: a flag shows in the process list)", secret=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,7 +95,8 @@ class ClientSettings(CommonSettings):
         for name in ("connections", "batch_size", "sensors", "max_tries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        for name in ("linger_ms", "rate", "duration", "count", "drain_timeout", "give_up_after"):
+        for name in ("linger_ms", "rate", "duration", "count", "drain_timeout", "give_up_after",
+                     "report_interval", "extra_tags", "tag_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         try:
@@ -81,6 +105,17 @@ class ClientSettings(CommonSettings):
             raise ConfigError(f"kind: {exc}") from exc
         if not self.file and self.kind != MEASUREMENT_KIND:
             raise ConfigError("the generator makes measurement records; other kinds need --file")
+        if self.extra_tags > 64 or self.tag_bytes > 1024:
+            raise ConfigError("extra_tags is at most 64 and tag_bytes at most 1024")
+        if self.key and not self.cert:
+            raise ConfigError("--key needs --cert")
+        if self.ca_file or self.cert or self.server_name:
+            object.__setattr__(self, "tls", True)
+
+    def credentials(self) -> Credentials:
+        """How each stream connects and authenticates; loads the TLS files (ConfigError)."""
+        context = tls.client_context(self.ca_file, self.cert, self.key) if self.tls else None
+        return Credentials(context, self.server_name or None, self.token or None)
 
     @property
     def host_port(self) -> tuple[str, int]:

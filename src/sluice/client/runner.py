@@ -14,7 +14,7 @@ from ..lifecycle import TaskOwner, stop_on_signals
 from ..logs import get_logger
 from .feed import Feed
 from .main import ClientSettings
-from .report import Stats, Summary, progress_loop
+from .report import Stats, Summary, progress_loop, report_loop
 from .sources import FileSource, GeneratorSource, MeasurementGenerator, Source, random_seed
 from .stream import Stream
 
@@ -38,7 +38,8 @@ def build_source(settings: ClientSettings, stats: Stats) -> tuple[Source, Option
             raise ConfigError(f"--file {settings.file!r} cannot be read: {exc.strerror or exc}") from exc
         return source, None
     seed = settings.seed if settings.seed is not None else random_seed()
-    generator = MeasurementGenerator(seed, settings.instance_id, settings.sensors)
+    generator = MeasurementGenerator(seed, settings.instance_id, settings.sensors,
+                                     extra_tags=settings.extra_tags, tag_bytes=settings.tag_bytes)
     return GeneratorSource(
         generator, stats, batch_size=settings.batch_size, linger=linger, rate=settings.rate,
         count=settings.count, duration=settings.duration, kind=settings.kind,
@@ -62,6 +63,7 @@ async def run(settings: ClientSettings, *, stop: Optional[asyncio.Event] = None,
     stats = Stats()
     source, seed = build_source(settings, stats)
     host, port = settings.host_port
+    credentials = settings.credentials()
     # A few batches per connection queued ahead keeps every pipe full without hoarding.
     feed = Feed(maxsize=4 * settings.connections)
     stop = stop or asyncio.Event()
@@ -72,7 +74,7 @@ async def run(settings: ClientSettings, *, stop: Optional[asyncio.Event] = None,
     token = os.urandom(3).hex()
     streams = [
         Stream(i, host, port, f"{instance}-{token}-{i}", feed, stats, max_tries=settings.max_tries,
-               give_up_after=settings.give_up_after)
+               give_up_after=settings.give_up_after, credentials=credentials)
         for i in range(settings.connections)
     ]
     owner = TaskOwner("client")
@@ -82,10 +84,23 @@ async def run(settings: ClientSettings, *, stop: Optional[asyncio.Event] = None,
         running = {owner.spawn(s.run(), name=f"client-stream-{s.index}") for s in streams}
         if progress if progress is not None else sys.stderr.isatty():
             owner.spawn(progress_loop(stats), name="client-progress")
+        elif progress is None and settings.report_interval > 0:
+            owner.spawn(report_loop(stats, sys.stderr, settings.report_interval, settings.json),
+                        name="client-report")
         stopping = owner.spawn(stop.wait(), name="client-stop")
         while running:
             done, _ = await asyncio.wait(running | {stopping}, return_when=asyncio.FIRST_COMPLETED)
             running -= done
+            fatal = next((s.fatal for s in streams if s.fatal), None)
+            if fatal is not None:
+                # TLS or authentication refused: every stream would meet the same answer.
+                stats.fatal_error = fatal
+                for task in running:
+                    task.cancel()
+                if running:
+                    await asyncio.wait(running)
+                running = set()
+                break
             if stopping in done:
                 log.info("client_stopping", drain_timeout=settings.drain_timeout,
                          in_flight_records=stats.inflight)

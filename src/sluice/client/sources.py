@@ -89,7 +89,8 @@ class MeasurementGenerator:
     seed, while one client reruns identically.
     """
 
-    def __init__(self, seed: int, instance: str, sensors: int) -> None:
+    def __init__(self, seed: int, instance: str, sensors: int, *, extra_tags: int = 0,
+                 tag_bytes: int = 16) -> None:
         if sensors < 1:
             raise ValueError("sensors must be at least 1")
         self.seed = seed
@@ -99,14 +100,21 @@ class MeasurementGenerator:
         ).digest()
         self.id_prefix = str(uuid.UUID(bytes=digest, version=4))[:24]
         self._next = 0
+        self._extra_tags = extra_tags
+        self._tag_bytes = tag_bytes
         self._templates = [self._template(i) for i in range(sensors)]
 
     def _template(self, index: int) -> tuple[struct.Struct, bytes, bytes, bytes, float, float]:
         metric = METRICS[index % len(METRICS)]
         head = b"\x87\xa2id\xd9\x24" + self.id_prefix.encode()
+        tags = {"site": f"site-{index % SITES}"}
+        for j in range(1, self._extra_tags + 1):
+            # Filler that differs per sensor and tag, so compression does not flatter it.
+            seed = hashlib.blake2b(f"{index}:{j}".encode(), digest_size=32).hexdigest()
+            tags[f"t{j:02d}"] = (seed * (self._tag_bytes // len(seed) + 1))[:self._tag_bytes]
         middle = b"".join((
             b"\xa6sensor", _pack(f"sensor-{index:05d}"), b"\xa6metric", _pack(metric.name),
-            b"\xa4unit", _pack(metric.unit), b"\xa4tags\x81\xa4site", _pack(f"site-{index % SITES}"),
+            b"\xa4unit", _pack(metric.unit), b"\xa4tags", _pack(tags),
             b"\xa5value\xcb",
         ))
         tail = b"\xa2ts\xcf"
@@ -162,6 +170,7 @@ class GeneratorSource:
     async def _emit(self, feed: Feed, count: int) -> None:
         payload = self._gen.payload(count, _now_ms())
         self._stats.produced += count
+        self._stats.payload_bytes += len(payload)
         await feed.put(OutBatch(self._kind, count, payload))
 
     async def run(self, feed: Feed, stop: asyncio.Event) -> None:

@@ -41,7 +41,7 @@ from collections import deque
 from typing import Optional
 
 from ..backoff import Backoff
-from ..errors import ProtocolError
+from ..errors import ProtocolError, TlsError
 from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
 from ..protocol import (
@@ -68,6 +68,7 @@ from ..protocol import (
 from .batch import OutBatch, split_payload
 from .feed import Feed
 from .report import Stats
+from .security import Credentials, fatal_failure
 
 __all__ = ["TRANSIENT_NACKS", "UNROUTABLE", "UNROUTABLE_TRIES", "Outcome", "Stream", "session_client_id"]
 
@@ -102,6 +103,7 @@ class Outcome(enum.Enum):
     LOST = "lost"                # the connection broke or the server misbehaved
     REFUSED = "refused"          # no welcome (error frame, bad reply, closed)
     UNREACHABLE = "unreachable"  # no TCP connection
+    FATAL = "fatal"              # TLS or authentication failed: retrying cannot help
 
 
 class Stream:
@@ -109,7 +111,7 @@ class Stream:
         self, index: int, host: str, port: int, client_id: str, feed: Feed, stats: Stats, *,
         max_tries: int, give_up_after: float = 600.0, backoff: Optional[Backoff] = None,
         connect_timeout: float = 10.0, ping_interval: float = 5.0,
-        silence_timeout: Optional[float] = None,
+        silence_timeout: Optional[float] = None, credentials: Optional[Credentials] = None,
     ) -> None:
         self.index = index
         self._host = host
@@ -123,6 +125,7 @@ class Stream:
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
         self._silence_timeout = silence_timeout if silence_timeout is not None else 3 * ping_interval
+        self._credentials = credentials or Credentials()
         self._retry: deque[OutBatch] = deque()
         self._inflight: dict[int, OutBatch] = {}
         self._input_done = False
@@ -139,6 +142,8 @@ class Stream:
         self._sessions = 0
         self._warn = RateLimitedLog(log, interval=5.0)
         self.gave_up = False
+        #: why the stream stopped for good (TLS or authentication); None otherwise
+        self.fatal: Optional[str] = None
         self.server_ids: list[str] = []
 
     # -- the reconnect loop ----------------------------------------------------------------
@@ -157,6 +162,9 @@ class Stream:
         while True:
             outcome = await self._session()
             if outcome is Outcome.FINISHED:
+                return
+            if outcome is Outcome.FATAL:
+                self._give_up_all(outcome, 0.0)
                 return
             now = time.monotonic()
             if self._acks_this_session:
@@ -200,11 +208,15 @@ class Stream:
     async def _session(self) -> Outcome:
         self._acks_this_session = 0
         self._sessions += 1
+        target = f"{self._host}:{self._port}"
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port), self._connect_timeout
+                asyncio.open_connection(self._host, self._port, **self._credentials.connect_options()),
+                self._connect_timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
+            if self._fatal(fatal_failure(exc, target, self._credentials)):
+                return Outcome.FATAL
             self._warn.warning("connect", "connect_failed", stream=self.index,
                                target=f"{self._host}:{self._port}", error=repr(exc))
             return Outcome.UNREACHABLE
@@ -214,6 +226,8 @@ class Stream:
                 welcome = await asyncio.wait_for(self._handshake(reader, writer), self._connect_timeout)
             except (OSError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError,
                     ProtocolError) as exc:
+                if self._fatal(fatal_failure(exc, target, self._credentials)):
+                    return Outcome.FATAL
                 self._warn.warning("handshake", "handshake_failed", stream=self.index,
                                    error=repr(exc))
                 return Outcome.REFUSED
@@ -236,11 +250,21 @@ class Stream:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
+    def _fatal(self, error: Optional[TlsError | ProtocolError]) -> bool:
+        if error is None:
+            return False
+        self.fatal = str(error)
+        log.error("stream_refused", stream=self.index, target=f"{self._host}:{self._port}",
+                  error=self.fatal, retrying=False)
+        return True
+
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Welcome:
-        writer.write(encode(Hello(client_id=session_client_id(self._client_id, self._sessions))))
+        writer.write(encode(Hello(client_id=session_client_id(self._client_id, self._sessions),
+                                  token=self._credentials.token)))
         body = await read_frame(reader, _REPLY_MAX_FRAME)
         if body is None:
-            raise EOFError("the server closed the connection before its welcome")
+            raise EOFError("the server closed the connection before its welcome"
+                           + ("" if self._credentials.context else " (if it requires TLS, add --tls)"))
         msg = parse_server(decode_body(body))
         if isinstance(msg, ErrorFrame):
             raise ProtocolError(msg.code, msg.message)
@@ -285,6 +309,8 @@ class Stream:
     def _exhausted(self, batch: OutBatch, now: float, code: Optional[str]) -> bool:
         """Give ``batch`` up (and count it) if it is out of tries or out of time."""
         limit = min(self._max_tries, UNROUTABLE_TRIES) if code == UNROUTABLE else self._max_tries
+        if code == NackCode.FORBIDDEN:
+            limit = 1  # this client may not send the kind: resending cannot change that
         window = self._give_up_after
         if batch.refusals >= limit:
             why = "max_tries"
@@ -463,7 +489,7 @@ class Stream:
         stats = self._stats
         stats.acked += batch.count
         stats.inflight -= batch.count
-        stats.latencies.append(time.monotonic() - batch.sent_at)
+        stats.latency.record_seconds(time.monotonic() - batch.sent_at)
         self._acks_this_session += 1
         self._slot.set()
 

@@ -1,9 +1,14 @@
 """One AMQP message on its way through the parser: decoded, parsed, and turned into
 ready ``create`` actions plus the dead letters for whatever was rejected.
 
-This is the per-record hot path, so the loop below avoids per-record attribute lookups
-and builds each action with one ``bytes.join``; the ndjson body of a bulk request is then
+This is the per-record hot path, so the loops below avoid per-record attribute lookups
+and build each action with one ``bytes.join``; the ndjson body of a bulk request is then
 just these actions concatenated.
+
+When a kind's chain offers ``encode_batch`` (:class:`~sluice.parser.interface.BatchEncoder`),
+a message is first tried whole through it; only a message it declines (some record is
+invalid, or the body is not an array) is decoded and parsed record by record, which is
+also what names the reason of each refusal.
 """
 
 from __future__ import annotations
@@ -19,12 +24,18 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from ..errors import RecordError
 from ..es import index_name
+from ..logs import RateLimitedLog, get_logger
 from ..records import TsWindow
 from ..timestamps import MS_PER_DAY
 from .deadletter import POISON, DeadLetter
 from .indexer import action_prefix
+from .interface import Encoded
 
 __all__ = ["Chain", "Delivery", "MessageDecoder"]
+
+log = get_logger(__name__)
+
+BatchEncode = Callable[[bytes], Optional[list[Encoded]]]
 
 # Distinct days seen before the action-prefix cache is cleared (backfills span many).
 _DAY_CACHE_LIMIT = 4096
@@ -97,6 +108,12 @@ class MessageDecoder:
         self._prefix = index_prefix
         self._chains = dict(chains)
         self._actions: dict[str, dict[int, bytes]] = {kind: {} for kind in chains}
+        self._batch_encoders: dict[str, BatchEncode] = {}
+        for kind, chain in chains.items():
+            encode: Optional[BatchEncode] = getattr(chain, "encode_batch", None)
+            if encode is not None:
+                self._batch_encoders[kind] = encode
+        self._rate_limited = RateLimitedLog(log)
 
     def _action_prefix(self, kind: str, day: int) -> bytes:
         cache = self._actions[kind]
@@ -112,6 +129,12 @@ class MessageDecoder:
         assert tag is not None, "consumed messages always carry a delivery tag"
         body = message.body
         delivery = Delivery(kind, message.channel, tag, message.header.properties.message_id, body)
+        # One reading of the clock per message: the window moves by a few ms at most.
+        low, high = (self._window.bounds(int(self._clock() * 1000)) if self._window is not None
+                     else (-(2**63), 2**63))
+        encode = self._batch_encoders.get(kind)
+        if encode is not None and self._encode_whole(kind, encode, delivery, low, high):
+            return delivery
         try:
             # strict_map_key=False: a record with odd keys is that record's problem (its
             # parser rejects it), not a reason to throw away the whole message.
@@ -129,11 +152,42 @@ class MessageDecoder:
             )
             return delivery
         delivery.count = len(records)
-        # One reading of the clock per message: the window moves by a few ms at most.
-        low, high = (self._window.bounds(int(self._clock() * 1000)) if self._window is not None
-                     else (-(2**63), 2**63))
         self._parse_all(kind, records, delivery, low, high)
         return delivery
+
+    def _encode_whole(self, kind: str, encode: BatchEncode, delivery: Delivery, low: int,
+                      high: int) -> bool:
+        """The fast path: every record of the message through ``encode_batch``. False,
+        with ``delivery`` untouched, when the record-by-record path must decide instead."""
+        try:
+            encoded = encode(delivery.body)
+        except Exception as exc:  # a plugin's bug: the slow path still handles the message
+            self._rate_limited.warning(
+                "encode_batch", "encode_batch_failed", kind=kind, error=repr(exc)
+            )
+            return False
+        if encoded is None:
+            return False
+        prefixes = self._actions[kind]
+        actions: list[bytes] = []
+        append, dumps, join = actions.append, orjson.dumps, b"".join
+        for doc_id, ts, source in encoded:
+            # What the slow path would refuse, it must be the one to refuse.
+            if type(ts) is not int or type(doc_id) is not str or not doc_id \
+                    or len(doc_id) > _MAX_ID_CHARS or not low <= ts <= high:
+                return False
+            day = ts // MS_PER_DAY
+            prefix = prefixes.get(day)
+            if prefix is None:
+                try:
+                    prefix = self._action_prefix(kind, day)
+                except ValueError:
+                    return False
+            append(join((prefix, dumps(doc_id), b"}}\n", source, b"\n")))
+        delivery.actions = actions
+        delivery.positions = list(range(len(actions)))
+        delivery.count = len(actions)
+        return True
 
     def _parse_all(self, kind: str, records: list[Any], delivery: Delivery, low: int,
                    high: int) -> None:

@@ -9,21 +9,28 @@ original record to dead-letter it unchanged.
 In a chain, the first parser makes the document from the raw record and the ones after it
 transform that document, so a transform's "record" is the previous parser's output.
 
+A parser may also offer :class:`BatchEncoder`'s ``encode_batch``, an optional fast path
+that turns a whole message into JSON documents in one pass; ``parse`` stays the
+definition of what the parser does, and the compliance suite checks that both agree.
+
 This module is typing only; :mod:`sluice.parser.registry` builds parsers and chains.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
-__all__ = ["ANY_KIND", "Document", "Parser", "ParserFactory", "Record"]
+__all__ = ["ANY_KIND", "BatchEncoder", "Document", "Encoded", "Parser", "ParserFactory", "Record"]
 
 #: In ``Parser.kinds``: the parser accepts records of every kind (transforms do).
 ANY_KIND = "*"
 
 Record = Mapping[str, Any]
 Document = dict[str, Any]
+#: One document of :meth:`BatchEncoder.encode_batch`: its ``id``, its ``ts`` (integer epoch
+#: milliseconds) and the whole document as one JSON object.
+Encoded = tuple[str, int, bytes]
 
 
 @runtime_checkable
@@ -57,3 +64,22 @@ class Parser(Protocol):
 #: ``NAME.`` prefix removed). Raises ConfigError for options it does not understand.
 #: A class whose constructor takes the options mapping is a factory.
 ParserFactory = Callable[[Mapping[str, str]], Parser]
+
+
+@runtime_checkable
+class BatchEncoder(Protocol):
+    """Optional, for speed: a parser that can do a whole message at once.
+
+    The worker uses it when the parser is alone in its chain. Decoding a message of
+    records into typed structures and encoding their documents in one C pass each
+    (msgspec) costs a fraction of a ``parse`` call per record.
+    """
+
+    def encode_batch(self, payload: bytes) -> Optional[list[Encoded]]:
+        """The documents of every record in ``payload`` (a message body: a msgpack array
+        of records), in order; or None, and the worker then decodes the payload and calls
+        ``parse`` on each record, which says why a record is refused.
+
+        Return a list only when ``parse`` would accept every record: each item is
+        ``(doc["id"], doc["ts"], JSON of doc)`` for ``doc = parse(record)``. Never raise.
+        """

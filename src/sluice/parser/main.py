@@ -14,8 +14,6 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from elasticsearch.serializer import JsonSerializer
-
 from ..backoff import Backoff
 from ..errors import ConfigError, IndexingError, StoreUnavailable
 from ..es import ensure_template, index_name, make_client
@@ -32,6 +30,7 @@ from .deadletter import DeadLetterPublisher
 from .delivery import Chain, MessageDecoder
 from .indexer import BulkIndexer
 from .registry import build_chain, parse_options
+from .serializers import serializers
 from .stats import ParserMetrics
 from .store import StoreProbe
 from .worker import Worker
@@ -219,7 +218,8 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
     # unacked, so the client makes exactly one attempt per call.
     client = make_client(
         settings.es_url, max_retries=0, retry_on_timeout=False,
-        request_timeout=settings.es_timeout, serializers=_fast_serializers(),
+        request_timeout=settings.es_timeout, serializers=serializers(),
+        **settings.es_client_options(),
     )
     probe = StoreProbe(client, metrics, stall_timeout=settings.stall_timeout)
     topology = Topology(settings.namespace, delivery_limit=settings.delivery_limit,
@@ -290,11 +290,3 @@ async def run(settings: ParserSettings, chains: Mapping[str, Chain]) -> int:
         await client.close()
     return 0
 
-
-def _fast_serializers() -> dict[str, JsonSerializer]:
-    """orjson for responses when it is there: a bulk answer holds one item per document."""
-    try:
-        from elasticsearch.serializer import OrjsonSerializer
-    except ImportError:  # pragma: no cover - orjson is a dependency
-        return {}
-    return {"application/json": OrjsonSerializer()}

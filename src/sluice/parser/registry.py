@@ -22,11 +22,11 @@ import functools
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
-from typing import Union
+from typing import Callable, Optional, Union
 
 from ..errors import ConfigError, RecordError
 from .builtin import MeasurementParser, UppercaseParser
-from .interface import ANY_KIND, Document, Parser, ParserFactory, Record
+from .interface import ANY_KIND, BatchEncoder, Document, Encoded, Parser, ParserFactory, Record
 
 __all__ = [
     "BUILTIN",
@@ -55,9 +55,12 @@ class ParserChain:
     parser is a bug in it, but it is still about this one record, so it becomes
     ``RecordError("parser_failed")`` and the record is dead-lettered instead of the
     worker stopping on every redelivery.
+
+    ``encode_batch`` is the parser's own fast path (:class:`BatchEncoder`) when the chain
+    is that one parser, else None: a transform after it needs the documents as maps.
     """
 
-    __slots__ = ("_first", "_rest", "kinds", "names", "parsers")
+    __slots__ = ("_first", "_rest", "encode_batch", "kinds", "names", "parsers")
 
     def __init__(self, parsers: Sequence[Parser]) -> None:
         if not parsers:
@@ -73,6 +76,11 @@ class ParserChain:
         # Bound methods looked up once: parse is called per record.
         self._first = self.parsers[0].parse
         self._rest = tuple((p.name, p.parse) for p in self.parsers[1:])
+        first = self.parsers[0]
+        self.encode_batch: Optional[Callable[[bytes], Optional[list[Encoded]]]] = (
+            first.encode_batch if len(self.parsers) == 1 and isinstance(first, BatchEncoder)
+            else None
+        )
 
     def accepts(self, kind: str) -> bool:
         """Whether every parser in the chain takes records of ``kind``."""

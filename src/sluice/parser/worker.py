@@ -25,8 +25,9 @@ already on the wire still arrive, at most one prefetch window, so the bodies hel
 within about twice ``prefetch_bytes``, and the sealed-bulk queue within ``concurrency``
 plus what one window fills.
 
-Acks go on the channel the message came in on. When that channel is gone, RabbitMQ has
-already requeued the message, so the delivery is dropped without an ack.
+Acks go on the channel the message came in on, as few ``basic.ack multiple=true`` as the
+order of finished bulks allows (acks.py). When that channel is gone, RabbitMQ has already
+requeued the message, so the delivery is dropped without an ack.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
 from ..protocol import DEFAULT_MAX_FRAME
 from ..topology import Topology
+from .acks import ChannelAcks
 from .deadevents import DeadLetterEvents
 from .deadletter import DeadLetter, DeadLetterPublisher
 from .delivery import Delivery, MessageDecoder
@@ -108,6 +110,7 @@ class Worker:
         self._batch_bytes = 0
         self._timer: Optional[asyncio.TimerHandle] = None
         self._consumers: dict[str, str] = {}  # consumer tag -> kind, on the current channel
+        self._acks: dict[AbstractChannel, ChannelAcks] = {}
         self._consuming = False
         self._accepting = True
         self._rate_limited = RateLimitedLog(log)
@@ -186,6 +189,9 @@ class Worker:
             await channel.basic_cancel(tag)
 
     async def _setup(self, channel: AbstractChannel) -> None:
+        # Deliveries of a closed channel are back in the queue: nothing left to ack there.
+        self._acks = {ch: acks for ch, acks in self._acks.items() if not ch.is_closed}
+        self._acks[channel] = ChannelAcks()
         await self._topology.declare(channel, self._kinds)
         self._consumers = {}
         self._metrics.broker_up.set(1)
@@ -224,6 +230,7 @@ class Worker:
         if not self._accepting:
             return  # never acked: back to the queue when the channel closes
         delivery = self._decoder.decode(kind, message)
+        self._channel_acks(delivery.channel).received(delivery.tag)
         metrics = self._metrics
         metrics.messages_in.inc(1, kind)
         metrics.records_in.inc(delivery.count, kind)
@@ -240,6 +247,12 @@ class Worker:
             self._seal()
         else:
             self._check_flow()
+
+    def _channel_acks(self, channel: AbstractChannel) -> ChannelAcks:
+        acks = self._acks.get(channel)
+        if acks is None:  # a delivery from before a reconnect's setup ran
+            acks = self._acks[channel] = ChannelAcks()
+        return acks
 
     def _seal(self) -> None:
         if self._timer is not None:
@@ -334,10 +347,38 @@ class Worker:
             delivery.letters.append(
                 DeadLetter.for_record(refusal.reason, refusal.error, record, position)
             )
-        await asyncio.gather(*(self._finish(d) for d in live))
+        # Only messages with dead letters wait on the broker one by one; the others are
+        # ready at once. Then one ack per channel covers everything that may be acked.
+        lettered = [d for d in live if d.letters]
+        if lettered:
+            await asyncio.gather(*(self._finish(d) for d in lettered))
+        for delivery in live:
+            if not delivery.letters and not delivery.settled:
+                delivery.settled = True
+                self._channel_acks(delivery.channel).finished(delivery.tag, delivery.kind)
+        for channel in {d.channel for d in live}:
+            await self._ack_ready(channel)
+
+    async def _ack_ready(self, channel: AbstractChannel) -> None:
+        """Send the one ack that covers every finished delivery it may on ``channel``."""
+        acks = self._channel_acks(channel)
+        async with acks.sending:
+            if channel.is_closed:
+                return  # RabbitMQ has requeued what was not acked
+            tag, acked = acks.advance()
+            if tag is None:
+                return
+            try:
+                await channel.basic_ack(tag, multiple=True)
+            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                self._rate_limited.warning("ack", "ack_failed", error=repr(exc))
+                return
+        for kind, count in acked.items():
+            self._metrics.messages_acked.inc(count, kind)
 
     async def _finish(self, delivery: Delivery) -> None:
-        """Dead-letter what was rejected, then ack; or leave the message to RabbitMQ."""
+        """Dead-letter what was rejected, then mark the delivery ready to ack; or leave
+        the message to RabbitMQ."""
         try:
             await self._dead.publish(
                 delivery.channel, delivery.kind, delivery.letters, delivery.message_id
@@ -366,12 +407,7 @@ class Worker:
         if delivery.settled:
             return
         delivery.settled = True
-        try:
-            await delivery.channel.basic_ack(delivery.tag)
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            self._rate_limited.warning("ack", "ack_failed", error=repr(exc))
-            return
-        self._metrics.messages_acked.inc(1, delivery.kind)
+        self._channel_acks(delivery.channel).finished(delivery.tag, delivery.kind)
 
     async def _requeue(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
@@ -382,4 +418,9 @@ class Worker:
                 await delivery.channel.basic_nack(delivery.tag, requeue=True)
             except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
                 continue
+            finally:
+                # Answered on its own (or its channel is gone): it holds no ack back.
+                self._channel_acks(delivery.channel).finished(delivery.tag, None)
             self._metrics.messages_requeued.inc()
+        for channel in {d.channel for d in deliveries}:
+            await self._ack_ready(channel)

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Optional
+import ssl
+from typing import Any, Optional
 
+from .. import tls
 from ..amqp import BrokerLink
+from ..auth import TokenFile
 from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
 from ..metrics import Registry
 from ..ops import OpsServer
 from ..protocol import ErrorCode, Welcome, encode
 from ..topology import Topology
+from .access import IngestAccess
 from .budget import ByteBudget
 from .connection import SHUTDOWN, Connection, ConnectionContext
 from .main import ServerSettings
@@ -37,6 +41,8 @@ READ_BUFFER_LIMIT = 64 * 1024
 MAX_REFUSING = 100
 #: time allowed, past the drain deadline, for connections to send their last frame and close
 CLOSE_GRACE = 3.0
+#: seconds a client gets to finish its TLS handshake
+TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 class IngestServer:
@@ -70,7 +76,9 @@ class IngestServer:
             metrics=self.metrics,
             rejections=RateLimitedLog(log),
             budget=self.budget,
+            access=_access(settings),
         )
+        self._ssl = _ssl_context(settings)
         self.ops = OpsServer(self.registry, ready=lambda: {"broker": self.link.is_up},
                              host=settings.host, port=settings.http_port)
         self._listener: Optional[asyncio.AbstractServer] = None
@@ -99,13 +107,21 @@ class IngestServer:
         self._listener = await asyncio.start_server(
             self._accept, self.settings.host, self.settings.port, limit=READ_BUFFER_LIMIT,
             backlog=min(4096, self.settings.max_connections),
+            **self._tls_options(),
         )
         self.port = self._listener.sockets[0].getsockname()[1]
         await self.ops.start()
         self.http_port = self.ops.bound_port
         log.info("server_listening", host=self.settings.host, port=self.port,
                  http_port=self.http_port, exchange=self.topology.exchange,
-                 kinds=list(self.settings.kinds))
+                 kinds=list(self.settings.kinds), tls=self._ssl is not None,
+                 client_certificates=bool(self.settings.tls_client_ca),
+                 tokens=bool(self.settings.token_file))
+
+    def _tls_options(self) -> dict[str, Any]:
+        if self._ssl is None:
+            return {}
+        return {"ssl": self._ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # A plain callback, not a coroutine: each connection's task is spawned here so that
@@ -174,3 +190,15 @@ class IngestServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.wait_closed(), 1)
             self._listener = None
+
+
+def _ssl_context(settings: ServerSettings) -> Optional[ssl.SSLContext]:
+    if not settings.tls_cert:
+        return None
+    return tls.server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+
+
+def _access(settings: ServerSettings) -> Optional[IngestAccess]:
+    tokens = TokenFile(settings.token_file) if settings.token_file else None
+    access = IngestAccess(tokens, client_certificates=bool(settings.tls_client_ca))
+    return access if access.required else None

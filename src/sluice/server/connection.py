@@ -43,6 +43,7 @@ from ..protocol import (
     ErrorCode,
     Hello,
     Nack,
+    NackCode,
     Ping,
     Pong,
     decode_body,
@@ -51,6 +52,7 @@ from ..protocol import (
     read_body,
     read_header,
 )
+from .access import Grant, IngestAccess
 from .budget import ByteBudget
 from .metrics import ServerMetrics
 from .publisher import UNAVAILABLE, Publication, Publisher
@@ -87,6 +89,8 @@ class ConnectionContext:
     metrics: ServerMetrics
     rejections: RateLimitedLog
     budget: ByteBudget
+    #: authentication and per-kind authorization; None = open (no token, no client cert)
+    access: Optional[IngestAccess] = None
 
 
 class Connection:
@@ -120,6 +124,7 @@ class Connection:
         self._sealed = False
         self._frame_size = 0
         self.client_id = ""
+        self._grant: Optional[Grant] = None
         self.peer: Any = writer.get_extra_info("peername")
 
     @property
@@ -292,6 +297,7 @@ class Connection:
             raise ProtocolError(ErrorCode.UNEXPECTED_TYPE,
                                 f"the first frame must be hello, not {_FRAME_TYPES[type(message)]}")
         self.client_id = message.client_id
+        self._admit(message)
         self._writer.write(self._ctx.welcome)
 
         max_inflight = self._ctx.max_inflight
@@ -303,7 +309,9 @@ class Connection:
             if message is None:
                 return
             kind = type(message)
-            if kind is Batch:
+            if kind is Batch and self._grant is not None and not self._grant.allows(message.kind):
+                self._forbid(message)
+            elif kind is Batch:
                 # At the limit this one batch is held, and nothing more is read, until a
                 # slot frees; pings, bye and end of stream are still seen before that.
                 try:
@@ -321,6 +329,23 @@ class Connection:
                 return
             else:
                 raise ProtocolError(ErrorCode.UNEXPECTED_TYPE, "hello may be sent only once")
+
+    def _admit(self, hello: Hello) -> None:
+        access = self._ctx.access
+        if access is not None:
+            self._grant = access.admit(hello.token, self._writer.get_extra_info("peercert"))
+            if self._grant is not None:
+                log.debug("client_admitted", peer=str(self.peer), client_id=self.client_id,
+                          principal=self._grant.principal.name)
+
+    def _forbid(self, batch: Batch) -> None:
+        assert self._grant is not None
+        self._ctx.rejections.warning(
+            NackCode.FORBIDDEN, "batch_forbidden", principal=self._grant.principal.name, kind=batch.kind,
+            client_id=self.client_id, peer=str(self.peer),
+        )
+        self._send_nack(batch.seq, NackCode.FORBIDDEN,
+                        f"{self._grant.principal.name} may not send records of kind {batch.kind!r}")
 
     def _batch(self, batch: Batch) -> None:
         seq = batch.seq

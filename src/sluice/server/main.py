@@ -48,6 +48,16 @@ class ServerSettings(BrokerSettings):
                                        "silent before it is closed")
     drain_timeout: float = option(8.0, "seconds to wait on SIGTERM/SIGINT for in-flight "
                                        "confirms before closing")
+    # -- security (docs/security.md) --
+    tls_cert: str = option("", "certificate (PEM, with its chain) to serve ingest over TLS; "
+                               "needs --tls-key", metavar="PATH")
+    tls_key: str = option("", "private key of --tls-cert (PEM)", metavar="PATH")
+    tls_client_ca: str = option("", "CA (PEM) of client certificates (mutual TLS): a client "
+                                    "must present one it signed, or a token when --token-file "
+                                    "is set; needs --tls-cert", metavar="PATH")
+    token_file: str = option("", "file of hashed client tokens with their allowed kinds; "
+                                 "clients must then authenticate (reloaded when it changes)",
+                             metavar="PATH")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +83,13 @@ class ServerSettings(BrokerSettings):
             raise ConfigError(f"idle_timeout must be positive, not {self.idle_timeout}")
         if not self.drain_timeout >= 0:
             raise ConfigError(f"drain_timeout must be 0 or more, not {self.drain_timeout}")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

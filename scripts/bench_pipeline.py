@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""Benchmark: the whole chain, side by side with rsyslog into the same endpoint.
+
+1. An accept-all bulk endpoint in its own process: answers every bulk item as created,
+   counts documents (two ndjson lines each) and, per bulk, reads the ``ts`` of its first,
+   middle and last document: record-to-stored latency = arrival of the bulk - ``ts``.
+2. sluice: a fresh namespace on RabbitMQ (``SLUICE_AMQP_URL``, default localhost; started
+   with ``rabbitmq-server -detached`` when nothing answers and it is installed), one
+   ``sluice server``, ``--parsers K`` ``sluice parser`` processes, then ``sluice client``
+   generates ``--records N`` records (``--rate R``: at R records/s). Measured until the
+   endpoint holds all N.
+3. rsyslog, the classic C shipper, in the same run: ``rsyslogd -n -f CONF -i PIDFILE``
+   with its own config and work directory, ``imptcp`` -> ``omelasticsearch``
+   (``bulkmode="on"``, in-memory queues), fed N JSON lines of the same records over TCP
+   (paced the same way with ``--rate``).
+
+Both rates are N / (last bulk's arrival - first record's ``ts``), read from the data by
+the endpoint, so they are measured the same way. Prints records/s, the client's ack
+latency, record-to-stored latency p50/p99 (sampled: three documents per bulk, weighted by
+the bulk's size) and the ratio sluice/rsyslog. Targets: ratio >= 1.0 with one parser;
+record-to-stored p99 < 2 s at half the maximum rate (``--rate``). A benchmark, not a
+test: it prints what it measured and exits 0 unless something broke.
+
+    python scripts/bench_pipeline.py [--records 1000000] [--parsers 1] [--rate 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+SCRIPT = os.path.abspath(__file__)
+ROOT = os.path.dirname(os.path.dirname(SCRIPT))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+
+TARGET_RATIO = 1.0
+TARGET_P99_MS = 2000.0
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+_HEADERS = {"X-Elastic-Product": "Elasticsearch", "Content-Type": "application/json"}
+_TS = re.compile(rb'"ts":(\d+)')
+
+
+# -- the endpoint (its own process) ----------------------------------------------------------
+
+
+def serve_endpoint() -> None:
+    from aiohttp import web
+
+    stats: dict[str, Any] = {}
+    samples: list[tuple[float, int]] = []  # (latency ms, documents it stands for)
+
+    def reset() -> None:
+        stats.update(docs=0, bulks=0, first_ts=None, last_at=None)
+        samples.clear()
+
+    def sample(body: bytes, docs: int, now_ms: float) -> None:
+        found = [_TS.search(body, at) for at in (0, len(body) // 2, max(0, len(body) - 600))]
+        stamps = [int(m.group(1)) for m in found if m is not None]
+        for ts in stamps:
+            samples.append((now_ms - ts, docs / len(stamps)))
+        if stamps:
+            first = min(stamps)
+            stats["first_ts"] = first if stats["first_ts"] is None else min(first, stats["first_ts"])
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path.endswith("/_bulk"):
+            body = await request.read()
+            now_ms = time.time() * 1000
+            docs = body.count(b"\n") // 2
+            stats["docs"] += docs
+            stats["bulks"] += 1
+            stats["last_at"] = now_ms
+            sample(body, docs, now_ms)
+            verb = b"create" if body.startswith(b'{"create"') else b"index"
+            item = b'{"' + verb + b'":{"status":201}}'
+            return web.Response(body=b'{"took":1,"errors":false,"items":['
+                                + b",".join([item] * docs) + b"]}", headers=_HEADERS)
+        if path == "/_bench/stats":
+            out = dict(stats, latency=_percentiles(samples))
+            return web.Response(body=json.dumps(out).encode(), headers=_HEADERS)
+        if path == "/_bench/reset":
+            reset()
+            return web.Response(body=b"{}", headers=_HEADERS)
+        if request.can_read_body:
+            await request.read()
+        if path.startswith("/_index_template/"):
+            return web.Response(body=b'{"acknowledged":true}', headers=_HEADERS)
+        return web.Response(body=b'{"name":"bench","cluster_name":"bench","version":{"number":'
+                            b'"9.0.0","build_flavor":"default"},"tagline":"You Know, for Search"}',
+                            headers=_HEADERS)
+
+    async def main() -> None:
+        reset()
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main())
+
+
+def _percentiles(samples: list[tuple[float, int]]) -> dict[str, float]:
+    if not samples:
+        return {}
+    ordered = sorted(samples)
+    total = sum(w for _, w in ordered)
+    out: dict[str, float] = {}
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        seen = 0.0
+        for latency, weight in ordered:
+            seen += weight
+            if seen >= q * total:
+                out[name] = latency
+                break
+    return out
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def read_text(path: str) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def spawn(cmd: list[str], log: str | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
+    """Start a process (its output into ``log``); the benchmark's processes start before
+    anything is timed, so blocking here costs nothing measured."""
+    if log is None:
+        return subprocess.Popen(cmd, **kwargs)
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=out, **kwargs)
+
+
+def start_rabbitmq() -> None:
+    subprocess.run(["rabbitmq-server", "-detached"], check=False)
+    subprocess.run(["rabbitmqctl", "await_startup"], check=True, timeout=120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src") + os.pathsep
+           + os.environ.get("PYTHONPATH", "")}
+    for name in ("SLUICE_PARSERS", "SLUICE_NAMESPACE", "SLUICE_ES_URL"):
+        out.pop(name, None)
+    out.update(extra)
+    return out
+
+
+async def get_json(port: int, path: str) -> dict[str, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{port}{path}") as response:
+        out: dict[str, Any] = await response.json(content_type=None)
+        return out
+
+
+async def ensure_rabbitmq(url: str) -> None:
+    import aiormq
+
+    async def up() -> bool:
+        try:
+            connection = await aiormq.connect(url)
+        except Exception:
+            return False
+        await connection.close()
+        return True
+
+    if await up():
+        return
+    if not shutil.which("rabbitmq-server"):
+        raise SystemExit(f"no RabbitMQ at {url}: install rabbitmq-server "
+                         "(apt-get install -y rabbitmq-server) or set SLUICE_AMQP_URL")
+    print("starting RabbitMQ (rabbitmq-server -detached)")
+    await asyncio.to_thread(start_rabbitmq)
+    if not await up():
+        raise SystemExit(f"RabbitMQ started but {url} does not answer")
+
+
+def ensure_rsyslog() -> str | None:
+    """The rsyslogd binary with imptcp and omelasticsearch, installed when root."""
+    found = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
+    modules = ("/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/rsyslog", "/usr/lib64/rsyslog")
+    has_es = any(os.path.exists(os.path.join(d, "omelasticsearch.so")) for d in modules)
+    if found and has_es:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing rsyslog rsyslog-elasticsearch (apt-get)")
+        subprocess.run(["apt-get", "install", "-y", "-q", "rsyslog", "rsyslog-elasticsearch"],
+                       check=False, stdout=subprocess.DEVNULL, env={**os.environ,
+                       "DEBIAN_FRONTEND": "noninteractive"})
+        return ensure_rsyslog() if shutil.which("rsyslogd") else None
+    print("rsyslog is missing: run `apt-get install -y rsyslog rsyslog-elasticsearch` as root "
+          "for the comparison")
+    return None
+
+
+async def wait_for_docs(port: int, n: int, timeout: float, alive: list[Any],
+                        what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await get_json(port, "/_bench/stats")
+        if stats["docs"] >= n:
+            await asyncio.sleep(0.3)  # late duplicates would show up now
+            return await get_json(port, "/_bench/stats")
+        for proc in alive:
+            status = proc.poll()
+            if status not in (None, 0):
+                raise SystemExit(f"{what}: a process exited with status {status}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: timed out with {stats['docs']} of {n} documents")
+        await asyncio.sleep(0.05)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Client:
+    """The ``sluice client`` process, reaped here with ``wait4`` to learn its CPU time."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.cpu = 0.0
+
+    def _reaped(self, flags: int) -> bool:
+        if self.proc.returncode is not None:
+            return True
+        pid, status, usage = os.wait4(self.proc.pid, flags)
+        if pid == 0:
+            return False
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu = usage.ru_utime + usage.ru_stime
+        return True
+
+    def poll(self) -> int | None:
+        return self.proc.returncode if self._reaped(os.WNOHANG) else None
+
+    def finish(self) -> tuple[bytes, bytes, int]:
+        """Its output and exit status, once it has exited."""
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()
+        self._reaped(0)
+        assert self.proc.returncode is not None
+        return out, err, self.proc.returncode
+
+
+def stop(procs: list[subprocess.Popen[Any]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# -- sluice --------------------------------------------------------------------------------------
+
+
+async def wait_ready(http_port: int, proc: subprocess.Popen[Any], log: str) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise SystemExit(f"exited early:\n{read_text(log)[-3000:]}")
+            try:
+                async with session.get(f"http://127.0.0.1:{http_port}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"never ready:\n{read_text(log)[-3000:]}")
+
+
+async def run_sluice(args: argparse.Namespace, endpoint: int, workdir: str) -> dict[str, Any]:
+    import aiormq
+
+    from sluice.topology import Topology
+
+    namespace = f"pipe{uuid.uuid4().hex[:10]}"
+    base = env(SLUICE_AMQP_URL=args.amqp_url, SLUICE_NAMESPACE=namespace)
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        port, http = free_port(), free_port()
+        log = os.path.join(workdir, "server.log")
+        server = spawn([sys.executable, "-m", "sluice", "server", "--host", "127.0.0.1", "--port",
+                        str(port), "--http-port", str(http), "--log-level", "warning"], log, env=base)
+        procs.append(server)
+        await wait_ready(http, server, log)
+        for k in range(args.parsers):
+            http_k = free_port()
+            log_k = os.path.join(workdir, f"parser-{k}.log")
+            parser = spawn([sys.executable, "-m", "sluice", "parser", "--es-url",
+                            f"http://127.0.0.1:{endpoint}", "--index-prefix", "bench",
+                            "--http-port", str(http_k), "--log-level", "warning"], log_k, env=base)
+            procs.append(parser)
+            await wait_ready(http_k, parser, log_k)
+        await get_json(endpoint, "/_bench/reset")
+        cpu_before = {p.pid: cpu_seconds(p.pid) for p in procs}
+        client = Client(spawn(
+            [sys.executable, "-m", "sluice", "client", "--target", f"127.0.0.1:{port}", "--json",
+             "--count", str(args.records), "--rate", str(args.rate),
+             "--connections", str(args.connections), "--log-level", "warning"],
+            env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        stats = await wait_for_docs(endpoint, args.records, args.timeout, [*procs, client], "sluice")
+        stats["cpu"] = {"server": cpu_seconds(server.pid) - cpu_before[server.pid],
+                        "parsers": sum(cpu_seconds(p.pid) - cpu_before[p.pid] for p in procs[1:])}
+        out, err, status = await asyncio.to_thread(client.finish)
+        stats["cpu"]["client"] = client.cpu
+        if status != 0:
+            raise SystemExit(f"client failed ({status}): {err.decode()[-2000:]}")
+        stats["client"] = json.loads(out)
+        return stats
+    finally:
+        stop(procs)
+        connection = await aiormq.connect(args.amqp_url)
+        try:
+            await Topology(namespace).delete(connection, ["measurement"])
+        finally:
+            await connection.close()
+
+
+# -- rsyslog -------------------------------------------------------------------------------------
+
+RSYSLOG_CONF = """\
+global(workDirectory="{workdir}" maxMessageSize="64k")
+module(load="imptcp")
+module(load="omelasticsearch")
+main_queue(queue.type="Direct")
+template(name="doc" type="string" string="%msg:2:$%")
+input(type="imptcp" address="127.0.0.1" port="{port}" ruleset="bench")
+ruleset(name="bench" queue.type="LinkedList" queue.size="500000"
+        queue.dequeueBatchSize="5000" queue.workerThreads="1") {{
+    action(type="omelasticsearch" server="127.0.0.1" serverport="{endpoint}"
+           template="doc" searchIndex="bench-rsyslog" bulkmode="on"
+           maxbytes="10m" action.resumeRetryCount="-1")
+}}
+"""
+
+
+def rsyslog_lines(n: int) -> list[bytes]:
+    """Records like the generator's, as one JSON object per syslog line, with the ``ts``
+    value left out: ``ts_bytes.join(pieces)`` makes a whole chunk of lines at once."""
+    pieces = []
+    prefix = uuid.uuid4().hex[:20]
+    for k in range(n):
+        head = (f'<13>Nov 29 00:00:00 bench sluice: {{"id":"{prefix}-{k:012x}",'
+                f'"sensor":"sensor-{k % 100:05d}","metric":"temperature","unit":"C",'
+                f'"tags":{{"site":"site-{k % 7}"}},"value":{(k % 1000) / 10.0},"ts":')
+        pieces.append(head.encode())
+    return pieces
+
+
+async def feed(port: int, pieces: list[bytes], rate: float, chunk: int = 2000) -> None:
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    sent = 0
+    for start in range(0, len(pieces), chunk):
+        part = pieces[start:start + chunk]
+        stamp = b"%d" % int(time.time() * 1000)
+        writer.write(b"}\n".join(p + stamp for p in part) + b"}\n")
+        await writer.drain()
+        sent += len(part)
+        if rate:
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    writer.close()
+    await writer.wait_closed()
+
+
+async def run_rsyslog(args: argparse.Namespace, binary: str, endpoint: int,
+                      workdir: str) -> dict[str, Any]:
+    spool = os.path.join(workdir, "rsyslog")
+    os.makedirs(spool, exist_ok=True)
+    port = free_port()
+    conf = os.path.join(workdir, "rsyslog.conf")
+    write_text(conf, RSYSLOG_CONF.format(workdir=spool, port=port, endpoint=endpoint))
+    pieces = rsyslog_lines(args.records)
+    log = os.path.join(workdir, "rsyslog.log")
+    proc = spawn([binary, "-n", "-f", conf, "-i", os.path.join(workdir, "rsyslog.pid")], log)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise SystemExit(f"rsyslogd exited:\n{read_text(log)}") from None
+                await asyncio.sleep(0.1)
+        await get_json(endpoint, "/_bench/reset")
+        before = cpu_seconds(proc.pid)
+        await feed(port, pieces, args.rate)
+        stats = await wait_for_docs(endpoint, args.records, args.timeout, [proc], "rsyslog")
+        stats["cpu"] = {"rsyslogd": cpu_seconds(proc.pid) - before}
+        return stats
+    finally:
+        stop([proc])
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def rate_of(stats: dict[str, Any], n: int) -> float:
+    return n / max(1e-3, (float(stats["last_at"]) - float(stats["first_ts"])) / 1000)
+
+
+def describe(name: str, stats: dict[str, Any], n: int) -> str:
+    latency = stats.get("latency", {})
+    cpu = ", ".join(f"{stage} {seconds / n * 1e6:.1f}" for stage, seconds in stats["cpu"].items())
+    return (f"{name:8s} {rate_of(stats, n):>10,.0f} records/s   record-to-stored p50 "
+            f"{latency.get('p50', float('nan')):,.0f} ms, p99 {latency.get('p99', float('nan')):,.0f} ms"
+            f"   ({stats['docs']} documents in {stats['bulks']} bulks)\n"
+            f"         CPU microseconds per record: {cpu}")
+
+
+async def bench(args: argparse.Namespace) -> int:
+    await ensure_rabbitmq(args.amqp_url)
+    binary = None if args.no_rsyslog else ensure_rsyslog()
+    workdir = tempfile.mkdtemp(prefix="sluice-bench-pipeline-")
+    endpoint = spawn([sys.executable, SCRIPT, "--endpoint"], stdout=subprocess.PIPE, text=True,
+                     env=env())
+    try:
+        assert endpoint.stdout is not None
+        port = int(json.loads(endpoint.stdout.readline())["port"])
+        sluice = await run_sluice(args, port, workdir)
+        rsyslog = await run_rsyslog(args, binary, port, workdir) if binary else None
+    finally:
+        stop([endpoint])
+    client = sluice["client"]
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+          f"{args.records:,} records, {args.parsers} parser process(es), "
+          f"rate {'unlimited' if not args.rate else f'{args.rate:,.0f}/s'}")
+    print(describe("sluice", sluice, args.records)
+          + f"\n         client ack latency p50 {client.get('ack_latency_p50_ms', 0):,.1f} ms, "
+          f"p99 {client.get('ack_latency_p99_ms', 0):,.1f} ms")
+    if rsyslog is not None:
+        ratio = rate_of(sluice, args.records) / rate_of(rsyslog, args.records)
+        print(describe("rsyslog", rsyslog, args.records))
+        print(f"ratio sluice/rsyslog: {ratio:.2f} (target >= {TARGET_RATIO:.1f} with one parser)")
+    if args.rate:
+        p99 = sluice.get("latency", {}).get("p99", float("inf"))
+        verdict = "met" if p99 < TARGET_P99_MS else "MISSED"
+        print(f"record-to-stored p99 at {args.rate:,.0f} records/s: {p99:,.0f} ms "
+              f"(target < {TARGET_P99_MS:,.0f} ms at half the maximum rate): {verdict}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--parsers", type=int, default=1, help="sluice parser processes")
+    parser.add_argument("--rate", type=float, default=0, help="records/s to send; 0 = as fast as possible")
+    parser.add_argument("--connections", type=int, default=4, help="client connections")
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--no-rsyslog", action="store_true", help="skip the rsyslog comparison")
+    parser.add_argument("--amqp-url", default=os.environ.get("SLUICE_AMQP_URL", DEFAULT_URL))
+    parser.add_argument("--endpoint", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.endpoint:
+        serve_endpoint()
+        return 0
+    return asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
