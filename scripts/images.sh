@@ -36,18 +36,22 @@ pull_error_is_unreachable() {
 # The images compose would pull: every service image and the Python base of the sluice
 # build, without the sluice image itself (it is built here, never pulled).
 pullable_images() {
-    compose config 2>/dev/null \
-        | awk '$1 == "image:" || $1 == "PYTHON_IMAGE:" { print $2 }' \
-        | tr -d "'\"" | grep -vxF "${SLUICE_IMAGE:-sluice:latest}" | sort -u
+    local config
+    # A compose file compose cannot read (e.g. the passwords .env holds are missing) is an
+    # error here, not "nothing to pull".
+    config=$(compose config 2>&1) || { printf '%s\n' "$config" >&2; return 1; }
+    awk '$1 == "image:" || $1 == "PYTHON_IMAGE:" { print $2 }' <<<"$config" \
+        | tr -d "'\"" | { grep -vxF "${SLUICE_IMAGE:-sluice:latest}" || true; } | sort -u
 }
 
 # missing_images: the pullable images that do not exist locally, one per line.
 missing_images() {
-    local image
+    local image images
+    images=$(pullable_images) || return 1
     while read -r image; do
         [[ -n $image ]] || continue
         docker image inspect "$image" >/dev/null 2>&1 || printf '%s\n' "$image"
-    done < <(pullable_images)
+    done <<<"$images"
 }
 
 # env_block_write ENV_FILE SOURCE_FILE: put the KEY=VALUE lines of SOURCE_FILE between the

@@ -89,10 +89,16 @@ def project_copy(tmp_path: Path) -> Path:
     (work / "scripts").mkdir(parents=True)
     for name in ("docker-compose.yml", "run_pipeline.sh"):
         shutil.copy2(ROOT / name, work / name)
-    for name in ("images.sh", "build-offline-images.sh"):
+    for name in ("images.sh", "build-offline-images.sh", "lib.sh"):
         shutil.copy2(ROOT / "scripts" / name, work / "scripts" / name)
     return work
 
+
+#: What ``./run_pipeline.sh up`` puts in .env before it looks for images: compose refuses
+#: to read docker-compose.yml without these.
+PASSWORDS = {name: "not-a-secret" for name in (
+    "SLUICE_SERVER_AMQP_PASSWORD", "SLUICE_PARSER_AMQP_PASSWORD", "SLUICE_API_AMQP_PASSWORD",
+)}
 
 ENSURE = """
 COMPOSE=(docker-compose)
@@ -106,7 +112,7 @@ ensure_images
 def test_a_wrong_image_name_stops_with_the_pull_error(tmp_path: Path) -> None:
     """Not a registry outage: no local build starts, the error names the image."""
     work = project_copy(tmp_path)
-    result = bash(ENSURE, work, {"RABBITMQ_IMAGE": "Bad_Name:UPPER", "COMPOSE_PROJECT_NAME": "imgtest"})
+    result = bash(ENSURE, work, {"RABBITMQ_IMAGE": "Bad_Name:UPPER", "COMPOSE_PROJECT_NAME": "imgtest", **PASSWORDS})
     assert result.returncode == 1
     assert "cannot pull Bad_Name:UPPER" in result.stderr
     assert "Building the images locally" not in result.stdout
@@ -120,7 +126,7 @@ def test_sluice_offline_0_insists_on_the_registry(tmp_path: Path) -> None:
     assert bash("env_block_write .env /dev/stdin <<<'NGINX_IMAGE=x:1'", work).returncode == 0
     result = bash(ENSURE, work, {
         "RABBITMQ_IMAGE": "registry.sluice.invalid/rabbitmq:1", "SLUICE_OFFLINE": "0",
-        "COMPOSE_PROJECT_NAME": "imgtest",
+        "COMPOSE_PROJECT_NAME": "imgtest", **PASSWORDS,
     })
     assert result.returncode == 1
     assert "SLUICE_OFFLINE=0 insists on the registry" in result.stderr
@@ -143,7 +149,7 @@ def test_no_registry_starts_the_offline_build(tmp_path: Path) -> None:
     (work / "tests" / "support").mkdir(parents=True)
     result = bash(ENSURE, work, {
         "RABBITMQ_IMAGE": "registry.sluice.invalid/rabbitmq:1", "SLUICE_OFFLINE_ONLY": "base",
-        "COMPOSE_PROJECT_NAME": "imgtest",
+        "COMPOSE_PROJECT_NAME": "imgtest", **PASSWORDS,
     })
     assert "No container registry is reachable" in result.stdout, result.stdout + result.stderr
     assert "Building the images locally with scripts/build-offline-images.sh" in result.stdout
@@ -154,3 +160,15 @@ def test_no_registry_starts_the_offline_build(tmp_path: Path) -> None:
     env = (work / ".env").read_text()
     assert f"SLUICE_PYTHON_IMAGE={base}" in env
     assert (work / ".offline-images.env").exists()
+
+
+@pytest.mark.docker
+def test_a_compose_file_compose_cannot_read_is_an_error(tmp_path: Path) -> None:
+    """Without the passwords .env holds, compose cannot render the file: that is reported,
+    never mistaken for "every image is here"."""
+    work = project_copy(tmp_path)
+    env = {name: "" for name in PASSWORDS}
+    result = bash(ENSURE, work, {"COMPOSE_PROJECT_NAME": "imgtest", **env})
+    assert result.returncode == 1
+    assert "could not list the images" in result.stderr
+    assert "run ./run_pipeline.sh up once" in result.stderr
