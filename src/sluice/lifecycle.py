@@ -62,12 +62,16 @@ class TaskOwner:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
+        pending = set(self._tasks)
+        for task in pending:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+            for task in pending:
+                # The cancellation was swallowed on its way (asyncio.wait_for can lose one
+                # that races the inner future finishing, and libraries that wrap errors
+                # around connects do too): send it again until the task ends.
+                task.cancel()
         self._tasks.clear()
 
 
