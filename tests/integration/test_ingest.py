@@ -416,6 +416,13 @@ async def test_a_full_queue_refuses_and_the_client_backs_off_and_resends_everyth
     connection = await aiormq.connect(amqp_url)
     try:
         channel = await connection.channel()
+        # Let the queue fill past its limit first (three 200-record batches are over 64 kB),
+        # however slowly a loaded machine runs the client; then drain it slowly.
+        while client.returncode is None:
+            declared = await channel.queue_declare(queue, passive=True)
+            if (declared.message_count or 0) >= 3:
+                break
+            await asyncio.sleep(0.05)
         while client.returncode is None:
             message = await channel.basic_get(queue, no_ack=True)
             if isinstance(message.delivery, Basic.GetEmpty):

@@ -179,7 +179,8 @@ class Worker:
             await asyncio.wait_for(self._cancel_each(channel, tags), timeout)
         except asyncio.TimeoutError:
             log.warning("cancel_consumers_timed_out", timeout=timeout)
-        except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            # RuntimeError: aiormq's ChannelInvalidStateError, a channel already closing
             log.info("cancel_consumers_failed", error=repr(exc))
         self._consumers.clear()
 
@@ -298,8 +299,10 @@ class Worker:
                     await self._cancel_each(channel, list(self._consumers))
                     self._consumers.clear()
                     await self._consume(channel)
-            except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError) as exc:
-                # The link is going down; its setup will consume (or not) on reconnect.
+            except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                # The link is going down (RuntimeError: aiormq's ChannelInvalidStateError);
+                # its setup will consume (or not) on reconnect. This loop must outlive it:
+                # if it ended, a pause would never be lifted.
                 log.info("flow_change_failed", error=repr(exc))
 
     # -- flushing ------------------------------------------------------------------------
