@@ -46,7 +46,7 @@ async def test_the_byte_budget_holds_every_connection_back_until_confirms_free_i
     a connection held only by the budget is not idle. Unblocked, everything is acked."""
     server = await start_server(amqp_url=private_rabbitmq.url, max_frame=MIB + 1024,
                                 max_inflight=64, max_inflight_bytes=3 * MIB + MIB // 2,
-                                idle_timeout=1.0)
+                                idle_timeout=3.0)
     block_publishers(private_rabbitmq)  # first: it takes longer than idle_timeout
     conns = [await connect(clients, server, f"c{i}") for i in range(4)]
     payload = b"\x00" * MIB
@@ -62,7 +62,7 @@ async def test_the_byte_budget_holds_every_connection_back_until_confirms_free_i
     while state()[:2] != (4, 3):
         assert asyncio.get_running_loop().time() < deadline, state()
         await asyncio.sleep(0.05)
-    await asyncio.sleep(1.5)  # past idle_timeout: time to misbehave, not a timing check
+    await asyncio.sleep(3.5)  # past idle_timeout: time to misbehave, not a timing check
     waiting, inflight, used, connections = state()
     assert (waiting, inflight, connections) == (4, 3, 4), state()  # none closed as idle
     assert used <= server.settings.max_inflight_bytes
