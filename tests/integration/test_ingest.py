@@ -404,7 +404,11 @@ async def test_a_full_queue_refuses_and_the_client_backs_off_and_resends_everyth
     """A raw queue at x-max-length-bytes (64 kB here) rejects publishes; the server nacks
     `refused`, the client backs off and resends while a slow consumer drains the queue,
     and every record arrives exactly once (a refused publish is not enqueued)."""
-    server = await servers.start(amqp_url, namespace, SLUICE_QUEUE_MAX_BYTES="65536")
+    # A quorum queue learns it is over its limit only after the publishes already on their
+    # way are in: 63 batches in flight (the default window) would all be taken in one burst.
+    # A window of 3 batches keeps each burst near the limit, so later ones are refused.
+    server = await servers.start(amqp_url, namespace, SLUICE_QUEUE_MAX_BYTES="65536",
+                                 SLUICE_MAX_INFLIGHT="4")
     count, seed, instance = 6_000, 91, "itest-full-queue"
     client = await start_client(
         "--target", server.target, "--count", str(count), "--seed", str(seed),
@@ -416,11 +420,11 @@ async def test_a_full_queue_refuses_and_the_client_backs_off_and_resends_everyth
     connection = await aiormq.connect(amqp_url)
     try:
         channel = await connection.channel()
-        # Let the queue fill past its limit first (three 200-record batches are over 64 kB),
-        # however slowly a loaded machine runs the client; then drain it slowly.
+        # Let the queue fill until the server has refused a publish (three 200-record
+        # batches are over 64 kB), however slowly a loaded machine runs the client; only
+        # then drain it, slowly.
         while client.returncode is None:
-            declared = await channel.queue_declare(queue, passive=True)
-            if (declared.message_count or 0) >= 3:
+            if (await server.metrics()).get("sluice_server_nacks_total", 0) > 0:
                 break
             await asyncio.sleep(0.05)
         while client.returncode is None:
