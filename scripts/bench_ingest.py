@@ -43,10 +43,12 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
+sys.path.insert(0, ROOT)
 
 import aiohttp  # noqa: E402
 import aiormq  # noqa: E402
 import msgpack  # noqa: E402
+from tests.support.rabbitmq import delete_topology  # noqa: E402
 
 from sluice.client.sources import MeasurementGenerator  # noqa: E402
 from sluice.topology import Topology  # noqa: E402
@@ -179,12 +181,7 @@ async def naive(url: str, namespace: str, count: int, inflight: int) -> float:
 
 
 async def delete_namespace(url: str, namespace: str) -> None:
-    topology = Topology(namespace=namespace)
-    connection = await aiormq.connect(url)
-    try:
-        await topology.delete(connection, [KIND])
-    finally:
-        await connection.close()
+    await delete_topology(url, Topology(namespace=namespace), [KIND])
 
 
 # -- TLS against plain --------------------------------------------------------------------------

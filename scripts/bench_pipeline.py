@@ -44,6 +44,7 @@ from typing import Any
 SCRIPT = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(SCRIPT))
 sys.path.insert(0, os.path.join(ROOT, "src"))
+sys.path.insert(0, ROOT)
 
 TARGET_RATIO = 1.0
 TARGET_P99_MS = 2000.0
@@ -321,7 +322,7 @@ async def wait_ready(http_port: int, proc: subprocess.Popen[Any], log: str) -> N
 
 
 async def run_sluice(args: argparse.Namespace, endpoint: int, workdir: str) -> dict[str, Any]:
-    import aiormq
+    from tests.support.rabbitmq import delete_topology
 
     from sluice.topology import Topology
 
@@ -361,11 +362,7 @@ async def run_sluice(args: argparse.Namespace, endpoint: int, workdir: str) -> d
         return stats
     finally:
         stop(procs)
-        connection = await aiormq.connect(args.amqp_url)
-        try:
-            await Topology(namespace).delete(connection, ["measurement"])
-        finally:
-            await connection.close()
+        await delete_topology(args.amqp_url, Topology(namespace), ["measurement"])
 
 
 # -- rsyslog -------------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 import aiormq
 import pytest
+from aiormq.abc import AbstractConnection
 
+from sluice.amqp import BrokerLink
 from sluice.topology import Topology
 
 from .names import unique_name
@@ -76,15 +78,42 @@ async def namespace(amqp_url: str) -> AsyncIterator[str]:
     await delete_topology(amqp_url, Topology(namespace=ns), TEST_KINDS)
 
 
-async def delete_topology(url: str, topology: Topology, kinds: tuple[str, ...]) -> None:
+async def delete_topology(url: str, topology: Topology, kinds: Iterable[str]) -> None:
     try:
         conn = await asyncio.wait_for(aiormq.connect(url), 10)
     except Exception:
         return
     try:
-        await topology.delete(conn, kinds)
+        await delete_declared(conn, topology, kinds)
     finally:
         await conn.close()
+
+
+async def delete_declared(connection: AbstractConnection, topology: Topology,
+                          kinds: Iterable[str]) -> None:
+    """Delete what ``topology.declare`` made for these kinds: both queues of each kind and
+    both exchanges; missing ones are skipped. Services never delete topology, so this is
+    for tests and benchmarks that clean up after themselves. A failed delete closes its
+    channel, so each one gets a channel of its own."""
+    for kind in kinds:
+        for queue in (topology.raw_queue(kind), topology.dead_queue(kind)):
+            channel = await connection.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.queue_delete(queue)
+    for exchange in (topology.exchange, topology.dead_exchange):
+        channel = await connection.channel()
+        with contextlib.suppress(aiormq.exceptions.AMQPError):
+            await channel.exchange_delete(exchange)
+
+
+async def wait_link_up(link: BrokerLink, timeout: float) -> bool:
+    """Whether ``link`` is up within ``timeout`` seconds (it reconnects by itself)."""
+    deadline = time.monotonic() + timeout
+    while not link.is_up:
+        if link.failed.is_set() or time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 @dataclass

@@ -13,6 +13,8 @@ import contextlib
 import ssl
 from typing import Any, Optional
 
+from aiormq.abc import AbstractChannel
+
 from .. import tls
 from ..amqp import BrokerLink
 from ..auth import TokenFile
@@ -96,7 +98,7 @@ class IngestServer:
         """Refused connections still being closed politely (at most MAX_REFUSING)."""
         return self._refusing
 
-    async def _declare(self, channel: object) -> None:
+    async def _declare(self, channel: AbstractChannel) -> None:
         await self.topology.declare(channel, self.settings.kinds)
 
     def _link_lost(self, reason: BaseException) -> None:
