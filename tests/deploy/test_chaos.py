@@ -38,14 +38,21 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Callable
 
 import msgpack
 import pytest
 
 from sluice.client.sources import MeasurementGenerator
 
-from .pipeline import INSTALL_HINT, Pipeline, client_summaries, docker_problem, free_port
+from .pipeline import (
+    INSTALL_HINT,
+    Pipeline,
+    client_summaries,
+    docker_problem,
+    free_port,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
@@ -85,16 +92,6 @@ def chaos() -> Iterator[Pipeline]:
     finally:
         p.run("down", "--volumes", check=False)
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def sigkill_main_process(p: Pipeline, container: str) -> int:
