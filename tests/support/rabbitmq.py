@@ -151,12 +151,11 @@ class PrivateBroker:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def private_rabbitmq() -> Iterator[PrivateBroker]:
-    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
-        pytest.fail("this test needs a local rabbitmq-server: apt-get install rabbitmq-server "
-                    "(./scripts/test.sh installs it)", pytrace=False)
-    name = unique_name("sluicetest")
+@contextlib.contextmanager
+def private_broker(prefix: str = "sluicetest", startup_timeout: float = 120) -> Iterator[PrivateBroker]:
+    """A started RabbitMQ node on free ports with a data directory of its own, stopped and
+    removed on exit (benchmarks use it too). Needs ``rabbitmq-server`` and ``rabbitmqctl``."""
+    name = unique_name(prefix)
     node = f"{name}@{socket.gethostname().split('.')[0]}"
     port = free_port()
     base = tempfile.mkdtemp(prefix=name, dir="/tmp")
@@ -178,7 +177,7 @@ def private_rabbitmq() -> Iterator[PrivateBroker]:
     broker = PrivateBroker(node=node, port=port, env=env, base=base)
     try:
         subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + startup_timeout
         while True:
             try:
                 broker.ctl("await_startup", timeout=60)
@@ -189,9 +188,18 @@ def private_rabbitmq() -> Iterator[PrivateBroker]:
                 time.sleep(1)
         yield broker
     finally:
-        # A node that does not stop in time is killed: it must not outlive the test.
+        # A node that does not stop in time is killed: it must not outlive its user.
         try:
             broker.ctl("stop", timeout=60)
         except subprocess.SubprocessError:
             broker.kill()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[PrivateBroker]:
+    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+        pytest.fail("this test needs a local rabbitmq-server: apt-get install rabbitmq-server "
+                    "(./scripts/test.sh installs it)", pytrace=False)
+    with private_broker() as broker:
+        yield broker
