@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import aiormq
 import pytest
-from aiormq.abc import AbstractConnection
+from aiormq.abc import AbstractConnection, DeliveredMessage
+from pamqp.commands import Basic
 
 from sluice.amqp import BrokerLink
 from sluice.topology import Topology
@@ -76,6 +77,21 @@ async def namespace(amqp_url: str) -> AsyncIterator[str]:
     ns = unique_name("t")
     yield ns
     await delete_topology(amqp_url, Topology(namespace=ns), TEST_KINDS)
+
+
+async def drain_queue(url: str, queue: str) -> list[DeliveredMessage]:
+    """Every message now in ``queue`` (taken with basic_get and acked)."""
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        out = []
+        while True:
+            message = await channel.basic_get(queue, no_ack=True)
+            if isinstance(message.delivery, Basic.GetEmpty):
+                return out
+            out.append(message)
+    finally:
+        await connection.close()
 
 
 async def delete_topology(url: str, topology: Topology, kinds: Iterable[str]) -> None:
