@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -34,13 +33,6 @@ INSTALL_HINT = (
     "(`dockerd >/var/log/dockerd.log 2>&1 &`), and build the images "
     "(`scripts/ci-docker.sh` does all of this on a machine without a registry)"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:

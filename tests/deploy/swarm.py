@@ -21,7 +21,9 @@ import uuid
 from collections.abc import Iterator
 from typing import IO, Any, Callable, Optional, TypeVar
 
-from .pipeline import ROOT, RUN, free_port, wait_for
+from tests.support.rabbitmq import free_port
+
+from .pipeline import ROOT, RUN, wait_for
 
 T = TypeVar("T")
 LOCK_PATH = "/var/lock/sluice-swarm.lock"

@@ -44,13 +44,13 @@ import msgpack
 import pytest
 
 from sluice.client.sources import MeasurementGenerator
+from tests.support.rabbitmq import free_port
 
 from .pipeline import (
     INSTALL_HINT,
     Pipeline,
     client_summaries,
     docker_problem,
-    free_port,
     wait_for,
 )
 

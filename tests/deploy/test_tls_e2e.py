@@ -34,6 +34,7 @@ from typing import Any, Optional
 import pytest
 
 from sluice.protocol import encode
+from tests.support.rabbitmq import free_port
 
 from .pipeline import (
     INSTALL_HINT,
@@ -41,7 +42,6 @@ from .pipeline import (
     RUN,
     client_summaries,
     docker_problem,
-    free_port,
     wait_for,
 )
 
