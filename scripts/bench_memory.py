@@ -39,6 +39,8 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 
+from prometheus_client.parser import text_string_to_metric_families
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
@@ -114,12 +116,9 @@ def private_broker() -> Iterator[Broker]:
 def server_metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         text = response.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith("sluice_server_") and value:
-            out[name] = float(value)
-    return out
+    # Unlabelled samples only: the ones this benchmark prints.
+    return {s.name: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name.startswith("sluice_server_") and not s.labels}
 
 
 def status_kib(pid: int, field: str) -> int:
