@@ -36,6 +36,8 @@ import time
 import urllib.request
 import uuid
 
+from prometheus_client.parser import text_string_to_metric_families
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 sys.path.insert(0, ROOT)
@@ -54,12 +56,9 @@ CHUNK = 1024 * 1024
 def server_metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         text = response.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith("sluice_server_") and value:
-            out[name] = float(value)
-    return out
+    # Unlabelled samples only: the ones this benchmark prints.
+    return {s.name: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name.startswith("sluice_server_") and not s.labels}
 
 
 def status_kib(pid: int, field: str) -> int:

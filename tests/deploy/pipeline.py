@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -19,6 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable, Optional
 
+from tests.support.metrics import parse_metrics
 from tests.support.names import unique_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -185,18 +185,6 @@ def _compose_command() -> list[str]:
     if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
     return ["docker-compose"]
-
-
-_SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _SERIES.match(line)
-        if m:
-            totals[m.group(1)] = totals.get(m.group(1), 0.0) + float(m.group(3))
-    return totals
 
 
 def client_summaries(log_text: str) -> list[dict[str, Any]]:

@@ -204,7 +204,7 @@ def test_a_million_records_survive_crashes_a_broker_restart_and_a_store_pause(
         # -- the faults, one after another, each while records stream --------------------
         wait_for(indexed_past(0.05), 600, "the first 5% indexed", 2)
         server = max(p.containers("server"),
-                     key=lambda c: p.metrics(c).get("sluice_server_connections", 0))
+                     key=lambda c: p.metrics(c).get("sluice_server_connections_open", 0))
         restarts = {server: sigkill_main_process(p, server)}
         wait_for(indexed_past(0.15), 600, "15% indexed after the server crash", 2)
         parser = p.containers("parser")[0]

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 
 # Prometheus series the services export (summed over labels).
 SERVER_CONNECTIONS = "sluice_server_connections_total"
-SERVER_OPEN = "sluice_server_connections"
+SERVER_OPEN = "sluice_server_connections_open"
 PARSER_INDEXED = "sluice_parser_records_indexed_total"
 
 

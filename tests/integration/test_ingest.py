@@ -30,6 +30,7 @@ from pamqp.commands import Basic
 from sluice.client.sources import MeasurementGenerator
 from sluice.records import validate_measurement
 from sluice.topology import Topology
+from tests.support.metrics import parse_metrics
 from tests.support.nginx import StartBalancer
 from tests.support.rabbitmq import PrivateBroker, drain_queue, free_port
 
@@ -62,12 +63,7 @@ class ServerProcess:
         async with aiohttp.ClientSession() as session, \
                 session.get(f"http://127.0.0.1:{self.http_port}/metrics") as response:
             text = await response.text()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            match = re.match(r"^([a-z_]+)(?:\{[^}]*\})? (\S+)$", line)
-            if match:
-                out[match.group(1)] = out.get(match.group(1), 0.0) + float(match.group(2))
-        return out
+        return parse_metrics(text)
 
     async def terminate(self) -> int:
         if self.process.returncode is None:

@@ -14,14 +14,14 @@ import ssl
 from typing import Any, Optional
 
 from aiormq.abc import AbstractChannel
+from prometheus_client import CollectorRegistry
 
 from .. import tls
 from ..amqp import BrokerLink
 from ..auth import TokenFile
 from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
-from ..metrics import Registry
-from ..ops import OpsServer
+from ..ops import OpsServer, service_registry
 from ..protocol import ErrorCode, Welcome, encode
 from ..topology import Topology
 from .access import IngestAccess
@@ -48,9 +48,9 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 class IngestServer:
-    def __init__(self, settings: ServerSettings, registry: Optional[Registry] = None) -> None:
+    def __init__(self, settings: ServerSettings, registry: Optional[CollectorRegistry] = None) -> None:
         self.settings = settings
-        self.registry = registry or Registry("sluice_server")
+        self.registry = registry or service_registry()
         self.topology = Topology(namespace=settings.namespace, delivery_limit=settings.delivery_limit,
                                  max_length_bytes=settings.queue_max_bytes)
         self._connections: dict[Connection, asyncio.Task[None]] = {}
@@ -143,7 +143,7 @@ class IngestServer:
 
     def _reject(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 code: str, message: str) -> None:
-        self.metrics.errors.inc(1, code)
+        self.metrics.errors.labels(code).inc()
         self._context.rejections.warning(code, "connection_rejected", code=code, reason=message,
                                          peer=str(writer.get_extra_info("peername")))
         if self._refusing >= MAX_REFUSING:
