@@ -115,6 +115,7 @@ class Worker:
         self._accepting = True
         self._rate_limited = RateLimitedLog(log)
         self._flow_task: Optional[asyncio.Task[None]] = None
+        self._flow_stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -137,9 +138,7 @@ class Worker:
         queue when the channel closes.
         """
         self._consuming = False
-        if self._flow_task is not None:
-            self._flow_task.cancel()
-            await asyncio.wait({self._flow_task})
+        await self._stop_flow(drain_timeout)
         await self._cancel_consumers(drain_timeout)
         # Deliveries the broker sent before its CancelOk may still sit in consumer tasks.
         for _ in range(3):
@@ -157,6 +156,20 @@ class Worker:
                         note="unacked messages return to the queue")
         await self.close()
         return drained
+
+    async def _stop_flow(self, timeout: float) -> None:
+        """End the flow loop between two steps. Cancelled in the middle of one, an RPC
+        such as ``basic.qos`` would make aiormq close the channel, and every delivery
+        indexed but not yet acked would come back to the queue to be indexed again."""
+        task = self._flow_task
+        if task is None:
+            return
+        self._flow_stopping = True
+        self._flow.set()
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:  # a broker that never answers must not hold the shutdown
+            task.cancel()
+            await asyncio.wait({task})
 
     async def close(self) -> None:
         """Cancel everything and close the link; unacked messages return to the queue."""
@@ -284,6 +297,8 @@ class Worker:
         while True:
             await self._flow.wait()
             self._flow.clear()
+            if self._flow_stopping:
+                return
             if not self.link.is_up:
                 continue  # the next setup consumes or not, from self.paused
             try:
