@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sluice.client.main import ClientSettings
+from sluice.client.settings import ClientSettings
 from sluice.errors import ConfigError, ProtocolError
 from sluice.es import index_name
-from sluice.parser.main import ParserSettings
+from sluice.parser.settings import ParserSettings
 from sluice.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER_SIZE,
@@ -38,7 +38,7 @@ from sluice.protocol import (
     parse_server,
     read_frame,
 )
-from sluice.server.main import ServerSettings
+from sluice.server.settings import ServerSettings
 
 T = TypeVar("T")
 
