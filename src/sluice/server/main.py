@@ -10,7 +10,7 @@ from ..logs import configure_logging, get_logger
 from .app import IngestServer
 from .settings import ServerSettings
 
-__all__ = ["HELP", "add_arguments", "main", "serve"]
+__all__ = ["HELP", "add_arguments", "main"]
 
 HELP = (
     "Accept client connections (wire protocol v1, docs/protocol.md) and publish every batch "
@@ -24,13 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     settings_mod.add_arguments(parser, ServerSettings)
 
 
-async def serve(settings: ServerSettings) -> int:
-    """Run until SIGTERM or SIGINT, then drain and stop."""
-    return await serve_until_signal(IngestServer(settings))
-
-
 def main(args: argparse.Namespace) -> int:
     settings = settings_mod.load(ServerSettings, args)
     configure_logging("server", settings.instance_id, settings.log_level)
     log.info("server_settings", **settings_mod.describe(settings))
-    return run_service(lambda: serve(settings))
+    return run_service(lambda: serve_until_signal(IngestServer(settings)))
