@@ -6,7 +6,7 @@ Nothing in sluice is fire-and-forget: every background task belongs to a
 Every long-running service (server, parser, API) has one shape, :class:`Service`: built
 from its settings object, ``start()``, a graceful ``shutdown()``, an immediate ``close()``,
 and a ``failed`` event for a fault no retry can fix. :func:`serve_until_signal` runs any of
-them until SIGTERM or SIGINT; each command's ``main()`` is that call on uvloop.
+them until SIGTERM or SIGINT; each command's ``main()`` is :func:`run_until_signal`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ try:
 except ImportError:
     _run_loop = asyncio.run
 
-__all__ = ["Service", "TaskOwner", "run_service", "serve_until_signal", "stop_on_signals",
-           "wait_any"]
+__all__ = ["Service", "TaskOwner", "run_service", "run_until_signal", "serve_until_signal",
+           "stop_on_signals", "wait_any"]
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -160,3 +160,14 @@ async def serve_until_signal(service: Service) -> int:
         await service.close()
     log.info(f"{service.name}_stopped", **outcome)
     return 0
+
+
+def run_until_signal(build: Callable[[], Service]) -> int:
+    """A command's whole run: the service ``build()`` makes, served until a signal on
+    uvloop when available. It is built inside the running loop, since on Python 3.9 an
+    ``asyncio.Event`` binds to the loop current when it is made."""
+
+    async def serve() -> int:
+        return await serve_until_signal(build())
+
+    return run_service(serve)

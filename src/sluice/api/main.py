@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..lifecycle import run_service, serve_until_signal
+from ..lifecycle import run_until_signal
 from ..logs import configure_logging, get_logger
 from ..settings import add_arguments as add_settings
 from ..settings import describe, load
@@ -29,4 +29,4 @@ def main(args: argparse.Namespace) -> int:
     settings = load(ApiSettings, args)
     configure_logging("api", settings.instance_id, settings.log_level)
     log.info("starting", settings=describe(settings))
-    return run_service(lambda: serve_until_signal(ApiService(settings)))
+    return run_until_signal(lambda: ApiService(settings))

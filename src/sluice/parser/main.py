@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 
 from ..errors import ConfigError
-from ..lifecycle import run_service, serve_until_signal
+from ..lifecycle import run_until_signal
 from ..logs import configure_logging, get_logger
 from ..settings import add_arguments as add_settings_arguments
 from ..settings import describe, load
@@ -89,4 +89,4 @@ def main(args: argparse.Namespace) -> int:
     configure_logging("parser", settings.instance_id, settings.log_level)
     log.info("parser_starting", settings=describe(settings),
              chains={kind: ",".join(chain.names) for kind, chain in chains.items()})
-    return run_service(lambda: serve_until_signal(ParserService(settings, chains)))
+    return run_until_signal(lambda: ParserService(settings, chains))

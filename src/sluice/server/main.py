@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import settings as settings_mod
-from ..lifecycle import run_service, serve_until_signal
+from ..lifecycle import run_until_signal
 from ..logs import configure_logging, get_logger
 from .app import IngestServer
 from .settings import ServerSettings
@@ -28,4 +28,4 @@ def main(args: argparse.Namespace) -> int:
     settings = settings_mod.load(ServerSettings, args)
     configure_logging("server", settings.instance_id, settings.log_level)
     log.info("server_settings", **settings_mod.describe(settings))
-    return run_service(lambda: serve_until_signal(IngestServer(settings)))
+    return run_until_signal(lambda: IngestServer(settings))
