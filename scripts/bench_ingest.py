@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,10 +42,12 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
+sys.path.insert(0, ROOT)
 
 import aiohttp  # noqa: E402
 import aiormq  # noqa: E402
 import msgpack  # noqa: E402
+from benchlib import delete_topology, free_port, queue_depth, read_text  # noqa: E402
 
 from sluice.client.sources import MeasurementGenerator  # noqa: E402
 from sluice.topology import Topology  # noqa: E402
@@ -58,13 +59,6 @@ KIND = "measurement"
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def env(**extra: str) -> dict[str, str]:
     out = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
     out.update(extra)
@@ -72,11 +66,6 @@ def env(**extra: str) -> dict[str, str]:
 
 
 # -- the real path -----------------------------------------------------------------------------
-
-
-def read_text(path: str) -> str:
-    with open(path, errors="replace") as f:
-        return f.read()
 
 
 def spawn_server(url: str, namespace: str, log_path: str, port: int,
@@ -121,16 +110,6 @@ async def run_client(port: int, args: argparse.Namespace, run: int,
         raise SystemExit(f"client failed ({process.returncode}):\n{out.decode()}\n{err.decode()[-3000:]}")
     summary: dict[str, Any] = json.loads(out)
     return summary
-
-
-async def queue_depth(url: str, queue: str) -> int:
-    connection = await aiormq.connect(url)
-    try:
-        channel = await connection.channel()
-        declared = await channel.queue_declare(queue, passive=True)
-        return int(declared.message_count or 0)
-    finally:
-        await connection.close()
 
 
 async def purge(url: str, queue: str) -> None:
@@ -179,12 +158,7 @@ async def naive(url: str, namespace: str, count: int, inflight: int) -> float:
 
 
 async def delete_namespace(url: str, namespace: str) -> None:
-    topology = Topology(namespace=namespace)
-    connection = await aiormq.connect(url)
-    try:
-        await topology.delete(connection, [KIND])
-    finally:
-        await connection.close()
+    await delete_topology(url, Topology(namespace=namespace), [KIND])
 
 
 # -- TLS against plain --------------------------------------------------------------------------

@@ -30,17 +30,19 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
+sys.path.insert(0, ROOT)
+
+from tests.support.rabbitmq import PrivateBroker, free_port, private_broker  # noqa: E402
 
 from sluice.protocol import DEFAULT_MAX_FRAME, encode, encode_batch  # noqa: E402
 
@@ -51,75 +53,12 @@ READER_BUFFERS = 128 * 1024  # per connection: the stream reader pauses past 2 x
 CHUNK = 1024 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Broker:
-    def __init__(self) -> None:
-        name = f"sluicebench{uuid.uuid4().hex[:8]}"
-        self.node = f"{name}@{socket.gethostname().split('.')[0]}"
-        self.port = free_port()
-        self.base = tempfile.mkdtemp(prefix=name, dir="/tmp")
-        os.chmod(self.base, 0o777)
-        plugins = os.path.join(self.base, "enabled_plugins")
-        with open(plugins, "w") as f:
-            f.write("[].\n")
-        os.chmod(plugins, 0o666)
-        self.env = dict(os.environ)
-        self.env.update({
-            "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(free_port()),
-            "RABBITMQ_MNESIA_BASE": os.path.join(self.base, "mnesia"),
-            "RABBITMQ_LOG_BASE": os.path.join(self.base, "log"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": plugins,
-            "RABBITMQ_PID_FILE": os.path.join(self.base, "pid"),
-        })
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    def ctl(self, *args: str, timeout: float = 120) -> None:
-        subprocess.run(["rabbitmqctl", "-n", self.node, *args], env=self.env, check=True,
-                       capture_output=True, timeout=timeout)
-
-
-@contextlib.contextmanager
-def private_broker() -> Iterator[Broker]:
-    if shutil.which("rabbitmq-server") is None:
-        sys.exit("bench_memory needs rabbitmq-server: apt-get install rabbitmq-server")
-    broker = Broker()
-    try:
-        subprocess.run(["rabbitmq-server", "-detached"], env=broker.env, check=True, timeout=60)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                broker.ctl("await_startup", timeout=60)
-                break
-            except subprocess.SubprocessError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-        yield broker
-    finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            broker.ctl("stop", timeout=60)
-        shutil.rmtree(broker.base, ignore_errors=True)
-
-
 def server_metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         text = response.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith("sluice_server_") and value:
-            out[name] = float(value)
-    return out
+    # Unlabelled samples only: the ones this benchmark prints.
+    return {s.name: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name.startswith("sluice_server_") and not s.labels}
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -168,7 +107,7 @@ async def flood(port: int, index: int, frame_body: bytes, until: float, sent: li
         writer.transport.abort()
 
 
-async def run(args: argparse.Namespace, broker: Broker) -> int:
+async def run(args: argparse.Namespace, broker: PrivateBroker) -> int:
     budget = args.budget_mib * MIB
     port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
@@ -232,7 +171,9 @@ def main() -> int:
     parser.add_argument("--budget-mib", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
-    with private_broker() as broker:
+    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+        sys.exit("bench_memory needs rabbitmq-server: apt-get install rabbitmq-server")
+    with private_broker("sluicebench", startup_timeout=180) as broker:
         return asyncio.run(run(args, broker))
 
 

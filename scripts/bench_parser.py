@@ -41,6 +41,9 @@ SCRIPT = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(SCRIPT))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
+import benchlib  # noqa: E402
+from benchlib import delete_topology, serve  # noqa: E402
+
 TARGET_RATE = 250_000
 TARGET_RATIO = 20
 
@@ -101,27 +104,7 @@ def serve_endpoint() -> None:
             b'"build_flavor":"default"},"tagline":"You Know, for Search"}'
         )
 
-    async def main() -> None:
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        port = runner.addresses[0][1]
-        print(json.dumps({"url": f"http://127.0.0.1:{port}"}), flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(main())
+    serve(handle, lambda port: {"url": f"http://127.0.0.1:{port}"})
 
 
 # -- the benchmark -------------------------------------------------------------------------
@@ -176,34 +159,15 @@ async def fill_queue(amqp_url: str, namespace: str, records: list[dict[str, Any]
 
 
 async def queue_depth(amqp_url: str, namespace: str) -> int:
-    import aiormq
-
     from sluice.topology import Topology
 
-    conn = await aiormq.connect(amqp_url)
-    try:
-        channel = await conn.channel()
-        ok = await channel.queue_declare(Topology(namespace).raw_queue("measurement"), passive=True)
-        return int(ok.message_count or 0)
-    finally:
-        await conn.close()
+    return await benchlib.queue_depth(amqp_url, Topology(namespace).raw_queue("measurement"))
 
 
 async def delete_namespace(amqp_url: str, namespace: str) -> None:
-    import aiormq
-
     from sluice.topology import Topology
 
-    topology = Topology(namespace)
-    conn = await aiormq.connect(amqp_url)
-    try:
-        channel = await conn.channel()
-        for queue in (topology.raw_queue("measurement"), topology.dead_queue("measurement")):
-            await channel.queue_delete(queue)
-        for exchange in (topology.exchange, topology.dead_exchange):
-            await channel.exchange_delete(exchange)
-    finally:
-        await conn.close()
+    await delete_topology(amqp_url, Topology(namespace), ["measurement"])
 
 
 async def endpoint_stats(url: str) -> dict[str, Any]:

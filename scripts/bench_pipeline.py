@@ -44,6 +44,9 @@ from typing import Any
 SCRIPT = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(SCRIPT))
 sys.path.insert(0, os.path.join(ROOT, "src"))
+sys.path.insert(0, ROOT)
+
+from benchlib import delete_topology, free_port, read_text, serve  # noqa: E402
 
 TARGET_RATIO = 1.0
 TARGET_P99_MS = 2000.0
@@ -102,27 +105,8 @@ def serve_endpoint() -> None:
                             b'"9.0.0","build_flavor":"default"},"tagline":"You Know, for Search"}',
                             headers=_HEADERS)
 
-    async def main() -> None:
-        reset()
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(main())
+    reset()
+    serve(handle, lambda port: {"port": port})
 
 
 def _percentiles(samples: list[tuple[float, int]]) -> dict[str, float]:
@@ -144,11 +128,6 @@ def _percentiles(samples: list[tuple[float, int]]) -> dict[str, float]:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def read_text(path: str) -> str:
-    with open(path, errors="replace") as f:
-        return f.read()
-
-
 def write_text(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
@@ -166,13 +145,6 @@ def spawn(cmd: list[str], log: str | None = None, **kwargs: Any) -> subprocess.P
 def start_rabbitmq() -> None:
     subprocess.run(["rabbitmq-server", "-detached"], check=False)
     subprocess.run(["rabbitmqctl", "await_startup"], check=True, timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -321,8 +293,6 @@ async def wait_ready(http_port: int, proc: subprocess.Popen[Any], log: str) -> N
 
 
 async def run_sluice(args: argparse.Namespace, endpoint: int, workdir: str) -> dict[str, Any]:
-    import aiormq
-
     from sluice.topology import Topology
 
     namespace = f"pipe{uuid.uuid4().hex[:10]}"
@@ -361,11 +331,7 @@ async def run_sluice(args: argparse.Namespace, endpoint: int, workdir: str) -> d
         return stats
     finally:
         stop(procs)
-        connection = await aiormq.connect(args.amqp_url)
-        try:
-            await Topology(namespace).delete(connection, ["measurement"])
-        finally:
-            await connection.close()
+        await delete_topology(args.amqp_url, Topology(namespace), ["measurement"])
 
 
 # -- rsyslog -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 from sluice.amqp import BrokerLink
 from sluice.errors import BrokerUnavailable, ConfigError
-from tests.support.rabbitmq import PrivateBroker, free_port
+from tests.support.rabbitmq import PrivateBroker, free_port, wait_link_up
 
 
 async def test_link_reports_loss_and_reconnects_after_a_broker_restart(
@@ -17,7 +17,7 @@ async def test_link_reports_loss_and_reconnects_after_a_broker_restart(
     link = BrokerLink(private_rabbitmq.url, on_lost=lost.append)
     link.start()
     try:
-        assert await link.wait_up(30)
+        assert await wait_link_up(link, 30)
         await asyncio.to_thread(private_rabbitmq.stop_app)
         for _ in range(100):
             if not link.is_up:
@@ -27,7 +27,7 @@ async def test_link_reports_loss_and_reconnects_after_a_broker_restart(
         with pytest.raises(BrokerUnavailable):
             link.channel  # noqa: B018 - the property is the behaviour under test
         await asyncio.to_thread(private_rabbitmq.start_app)
-        assert await link.wait_up(60)
+        assert await wait_link_up(link, 60)
         assert link.connects == 2
         await link.channel.basic_publish(b"x", routing_key="nowhere")
     finally:
@@ -48,7 +48,7 @@ async def test_link_fails_over_to_the_next_node_of_its_list(
     link = BrokerLink([dead, private_rabbitmq.url, amqp_url])
     link.start()
     try:
-        assert await link.wait_up(30)
+        assert await wait_link_up(link, 30)
         for _ in range(10):  # wherever the random start put it, move it onto the private node
             if link.url == private_rabbitmq.url:
                 break

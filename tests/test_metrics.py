@@ -1,48 +1,61 @@
+"""The registry every service builds (``ops.service_registry``) and ``/metrics`` as the
+ops port serves it, read back with prometheus_client's parser."""
+
 from __future__ import annotations
 
-import pytest
+import sys
 
-from sluice.metrics import Registry
+import aiohttp
+from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
-
-def test_counter_with_labels_renders_prometheus_text() -> None:
-    reg = Registry("sluice_test")
-    errors = reg.counter("errors_total", "errors by code", ("code",))
-    errors.inc(1, "bad_frame")
-    errors.inc(2, "bad_frame")
-    errors.inc(1, 'we"ird')
-    text = reg.render()
-    assert "# TYPE sluice_test_errors_total counter" in text
-    assert 'sluice_test_errors_total{code="bad_frame"} 3' in text
-    assert 'sluice_test_errors_total{code="we\\"ird"} 1' in text
-    assert errors.total() == 4
+import sluice
+from sluice.ops import OpsServer, service_registry
+from tests.support.metrics import parse_metrics, sample
 
 
-def test_histogram_buckets_are_cumulative() -> None:
-    reg = Registry("x")
-    h = reg.histogram("latency_seconds", "latency", buckets=(0.1, 1.0))
-    for v in (0.05, 0.5, 0.5, 5.0):
-        h.observe(v)
-    lines = reg.render().splitlines()
-    assert 'x_latency_seconds_bucket{le="0.1"} 1' in lines
-    assert 'x_latency_seconds_bucket{le="1"} 3' in lines
-    assert 'x_latency_seconds_bucket{le="+Inf"} 4' in lines
-    assert "x_latency_seconds_count 4" in lines
-    assert "x_latency_seconds_sum 6.05" in lines
+def test_service_registry_has_build_info_and_process_metrics() -> None:
+    """Build info carries the installed version; process and Python metrics describe this process."""
+    registry = service_registry()
+    assert sample(registry, "sluice_build_info", version=sluice.__version__) == 1
+    assert sample(registry, "process_cpu_seconds_total") > 0
+    assert sample(registry, "process_resident_memory_bytes") > 0
+    assert sample(registry, "process_open_fds") >= 3  # stdin, stdout, stderr at least
+    major, minor = sys.version_info[:2]
+    assert registry.get_sample_value(
+        "python_info", {"implementation": "CPython", "major": str(major), "minor": str(minor),
+                        "patchlevel": str(sys.version_info[2]),
+                        "version": f"{major}.{minor}.{sys.version_info[2]}"}) == 1
 
 
-def test_gauge_reads_callback_at_render_time() -> None:
-    reg = Registry("x")
-    box = [3]
-    reg.gauge("depth", "depth", read=lambda: box[0])
-    box[0] = 7
-    assert "x_depth 7" in reg.render().splitlines()
+def test_registries_are_separate() -> None:
+    """Two services in one process keep their own counts under the same metric names."""
+    first, second = service_registry(), service_registry()
+    one = Counter("sluice_test_events_total", "events", ("code",), registry=first)
+    Counter("sluice_test_events_total", "events", ("code",), registry=second)
+    one.labels("a").inc(3)
+    assert sample(first, "sluice_test_events_total", code="a") == 3
+    assert sample(second, "sluice_test_events_total", code="a") == 0
 
 
-def test_wrong_label_count_and_duplicate_names_are_refused() -> None:
-    reg = Registry("x")
-    c = reg.counter("c", "c", ("a",))
-    with pytest.raises(ValueError, match="labels"):
-        c.inc(1)
-    with pytest.raises(ValueError, match="twice"):
-        reg.counter("c", "again")
+async def test_ops_metrics_serves_the_registry_in_prometheus_text() -> None:
+    """/metrics has the exposition content type and every sample, label values escaped."""
+    registry = service_registry()
+    errors = Counter("sluice_test_errors_total", "errors by code", ("code",), registry=registry)
+    errors.labels("bad_frame").inc(2)
+    errors.labels('we"ird\n').inc()
+    ops = OpsServer(registry, lambda: {"ok": True}, "127.0.0.1", 0)
+    await ops.start()
+    try:
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"http://127.0.0.1:{ops.bound_port}/metrics") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
+            text = await resp.text()
+    finally:
+        await ops.close()
+    metrics = parse_metrics(text)
+    assert metrics['sluice_test_errors_total{code="bad_frame"}'] == 2
+    assert metrics['sluice_test_errors_total{code="we"ird\n"}'] == 1
+    assert metrics["sluice_test_errors_total"] == 3
+    assert metrics[f'sluice_build_info{{version="{sluice.__version__}"}}'] == 1
+    assert metrics["process_resident_memory_bytes"] > 0

@@ -25,7 +25,6 @@ from sluice.protocol import (
     Bye,
     ErrorCode,
     ErrorFrame,
-    FrameDecoder,
     Hello,
     Nack,
     Ping,
@@ -39,6 +38,7 @@ from sluice.protocol import (
     read_frame,
 )
 from sluice.server.settings import ServerSettings
+from tests.support.frames import FrameDecoder
 
 T = TypeVar("T")
 

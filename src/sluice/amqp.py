@@ -24,7 +24,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Sequence
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import aiormq
 
@@ -44,7 +44,7 @@ STABLE_AFTER = 5.0
 #: refuse, and the link must move on to the next node rather than hang
 CONNECT_TIMEOUT = 15.0
 
-Setup = Callable[[Any], Awaitable[None]]
+Setup = Callable[[aiormq.abc.AbstractChannel], Awaitable[None]]
 OnLost = Callable[[BaseException], None]
 
 
@@ -75,6 +75,8 @@ class BrokerLink:
         self.failed = asyncio.Event()
         self.failure: Optional[ConfigError] = None
         self._tasks = TaskOwner(f"{name}-link")
+        #: public: how many times this link has come up. The one outside view of how often a
+        #: link that a service owns (and sets up itself) has reconnected.
         self.connects = 0
         #: the URL of the node this link is (or was last) connected to
         self.url: str | None = None
@@ -92,13 +94,6 @@ class BrokerLink:
         if not self._up.is_set() or self._channel is None or self._channel.is_closed:
             raise BrokerUnavailable("no link to RabbitMQ")
         return self._channel
-
-    async def wait_up(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
 
     def start(self) -> None:
         self._tasks.spawn(self._run(), name=f"{self._name}-link")

@@ -2,7 +2,8 @@
 
 - ``/healthz``: the process is alive and its event loop answers (always 200 while running);
 - ``/readyz``: 200 when the service can do its job (its dependencies are reachable), else 503;
-- ``/metrics``: Prometheus text format.
+- ``/metrics``: Prometheus text format, from the service's own ``CollectorRegistry``
+  (several services may share one process, as in the tests, so none uses the global one).
 
 Services that speak only TCP or AMQP serve them on a side port (``start()``); a service
 whose own port is HTTP (the API) mounts the same handlers on its app with ``add_routes``.
@@ -15,10 +16,19 @@ from collections.abc import Awaitable
 from typing import Any, Callable, Optional, Union
 
 from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
-from .metrics import Registry
+from . import __version__
 
-__all__ = ["OpsServer"]
+__all__ = ["OpsServer", "service_registry"]
 
 #: named checks, all must pass; may be a coroutine (a check that asks a store)
 ReadyCheck = Callable[[], "Union[dict[str, bool], Awaitable[dict[str, bool]]]"]
@@ -28,10 +38,22 @@ Render = Callable[[web.Request, Any, int], web.Response]
 CheckRequest = Callable[[web.Request], None]
 
 
+def service_registry() -> CollectorRegistry:
+    """A service's registry, with the standard process, Python and GC metrics and
+    ``sluice_build_info{version}``; the service adds its own metrics to it."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Gauge("sluice_build_info", "the running sluice version, always 1", ("version",),
+          registry=registry).labels(__version__).set(1)
+    return registry
+
+
 class OpsServer:
     """A tiny aiohttp app on its own port; ``ready`` returns named checks, all must pass."""
 
-    def __init__(self, registry: Registry, ready: ReadyCheck, host: str, port: int, *,
+    def __init__(self, registry: CollectorRegistry, ready: ReadyCheck, host: str, port: int, *,
                  render: Optional[Render] = None,
                  check_request: Optional[CheckRequest] = None) -> None:
         self._registry = registry
@@ -77,8 +99,8 @@ class OpsServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         self._checked(request)
         return web.Response(
-            text=self._registry.render(), content_type="text/plain", charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
+            body=generate_latest(self._registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST, "X-Content-Type-Options": "nosniff"},
         )
 
     async def start(self) -> None:

@@ -24,6 +24,7 @@ from .errors import ProtocolError
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "FRAME_KEYS",
+    "HEADER",
     "HEADER_SIZE",
     "KIND_PATTERN",
     "KIND_RULE",
@@ -37,7 +38,6 @@ __all__ = [
     "ClientMessage",
     "ErrorCode",
     "ErrorFrame",
-    "FrameDecoder",
     "Hello",
     "Nack",
     "NackCode",
@@ -46,6 +46,7 @@ __all__ = [
     "Pong",
     "ServerMessage",
     "Welcome",
+    "check_length",
     "decode_body",
     "encode",
     "encode_batch",
@@ -297,41 +298,12 @@ def decode_body(body: bytes) -> dict[str, Any]:
     return obj
 
 
-def _check_length(length: int, max_frame: int) -> None:
+def check_length(length: int, max_frame: int) -> None:
+    """Refuse a frame length from its header alone: 0 is bad, over ``max_frame`` too large."""
     if length == 0:
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame length is 0")
     if length > max_frame:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"frame of {length} bytes exceeds the limit of {max_frame}")
-
-
-class FrameDecoder:
-    """Incremental decoder: feed it bytes as they come, get whole message maps back.
-
-    A length over the limit is refused as soon as its 4 header bytes are seen, so an
-    oversized body is never buffered.
-    """
-
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self._max_frame = max_frame
-        self._buffer = bytearray()
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buffer += data
-        out: list[dict[str, Any]] = []
-        while len(self._buffer) >= HEADER_SIZE:
-            (length,) = HEADER.unpack_from(self._buffer)
-            _check_length(length, self._max_frame)
-            end = HEADER_SIZE + length
-            if len(self._buffer) < end:
-                break
-            body = bytes(self._buffer[HEADER_SIZE:end])
-            del self._buffer[:end]
-            out.append(decode_body(body))
-        return out
 
 
 async def read_header(reader: asyncio.StreamReader, max_frame: int) -> int | None:
@@ -343,7 +315,7 @@ async def read_header(reader: asyncio.StreamReader, max_frame: int) -> int | Non
             return None
         raise ProtocolError(ErrorCode.BAD_FRAME, "stream ended inside a frame header") from exc
     (length,) = HEADER.unpack(header)
-    _check_length(length, max_frame)
+    check_length(length, max_frame)
     return int(length)
 
 

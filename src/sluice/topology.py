@@ -23,12 +23,12 @@ that is a :class:`~sluice.errors.ConfigError` naming the queue and the fix.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import aiormq
+from aiormq.abc import AbstractChannel
 
 from .errors import ConfigError
 
@@ -88,7 +88,7 @@ class Topology:
             "x-max-length-bytes": self.max_length_bytes,
         }
 
-    async def _declare_queue(self, channel: Any, queue: str, arguments: dict[str, Any]) -> None:
+    async def _declare_queue(self, channel: AbstractChannel, queue: str, arguments: dict[str, Any]) -> None:
         try:
             await channel.queue_declare(queue, durable=True, arguments=arguments)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
@@ -100,7 +100,7 @@ class Topology:
                 "(delivery_limit, queue_max_bytes)"
             ) from exc
 
-    async def declare(self, channel: Any, kinds: Iterable[str]) -> None:
+    async def declare(self, channel: AbstractChannel, kinds: Iterable[str]) -> None:
         """Declare exchanges, and the raw and dead-letter queue of every kind."""
         await channel.exchange_declare(exchange=self.exchange, exchange_type="topic", durable=True)
         await channel.exchange_declare(
@@ -113,19 +113,3 @@ class Topology:
             await channel.queue_bind(
                 self.dead_queue(kind), self.dead_exchange, self.dead_routing_key(kind)
             )
-
-    async def delete(self, connection: Any, kinds: Iterable[str]) -> None:
-        """Delete the queues of these kinds and both exchanges; missing ones are skipped.
-
-        For tests and benchmarks that clean up after themselves. A failed delete closes
-        its channel, so each one gets a channel of its own.
-        """
-        for kind in kinds:
-            for queue in (self.raw_queue(kind), self.dead_queue(kind)):
-                channel = await connection.channel()
-                with contextlib.suppress(aiormq.exceptions.AMQPError):
-                    await channel.queue_delete(queue)
-        for exchange in (self.exchange, self.dead_exchange):
-            channel = await connection.channel()
-            with contextlib.suppress(aiormq.exceptions.AMQPError):
-                await channel.exchange_delete(exchange)

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.names import unique_name
+from tests.support.rabbitmq import free_port
 
-from .pipeline import INSTALL_HINT, PROJECT, Pipeline, docker_problem, free_port
+from .pipeline import INSTALL_HINT, PROJECT, Pipeline, docker_problem
 
 __all__ = ["PROJECT"]
 

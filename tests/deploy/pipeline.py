@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from tests.support.metrics import parse_metrics
 from tests.support.names import unique_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,11 +35,17 @@ INSTALL_HINT = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    """``predicate()``'s first truthy value, polled every ``interval`` seconds; past
+    ``timeout`` the test fails naming ``what`` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def docker_problem() -> Optional[str]:
@@ -180,18 +185,6 @@ def _compose_command() -> list[str]:
     if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
     return ["docker-compose"]
-
-
-_SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _SERIES.match(line)
-        if m:
-            totals[m.group(1)] = totals.get(m.group(1), 0.0) + float(m.group(3))
-    return totals
 
 
 def client_summaries(log_text: str) -> list[dict[str, Any]]:

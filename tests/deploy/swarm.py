@@ -21,7 +21,9 @@ import uuid
 from collections.abc import Iterator
 from typing import IO, Any, Callable, Optional, TypeVar
 
-from .pipeline import ROOT, RUN, free_port
+from tests.support.rabbitmq import free_port
+
+from .pipeline import ROOT, RUN, wait_for
 
 T = TypeVar("T")
 LOCK_PATH = "/var/lock/sluice-swarm.lock"
@@ -35,16 +37,6 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
         raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return proc.stdout
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @contextlib.contextmanager

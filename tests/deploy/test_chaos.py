@@ -38,14 +38,21 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Callable
 
 import msgpack
 import pytest
 
 from sluice.client.sources import MeasurementGenerator
+from tests.support.rabbitmq import free_port
 
-from .pipeline import INSTALL_HINT, Pipeline, client_summaries, docker_problem, free_port
+from .pipeline import (
+    INSTALL_HINT,
+    Pipeline,
+    client_summaries,
+    docker_problem,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
@@ -85,16 +92,6 @@ def chaos() -> Iterator[Pipeline]:
     finally:
         p.run("down", "--volumes", check=False)
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def sigkill_main_process(p: Pipeline, container: str) -> int:
@@ -207,7 +204,7 @@ def test_a_million_records_survive_crashes_a_broker_restart_and_a_store_pause(
         # -- the faults, one after another, each while records stream --------------------
         wait_for(indexed_past(0.05), 600, "the first 5% indexed", 2)
         server = max(p.containers("server"),
-                     key=lambda c: p.metrics(c).get("sluice_server_connections", 0))
+                     key=lambda c: p.metrics(c).get("sluice_server_connections_open", 0))
         restarts = {server: sigkill_main_process(p, server)}
         wait_for(indexed_past(0.15), 600, "15% indexed after the server crash", 2)
         parser = p.containers("parser")[0]

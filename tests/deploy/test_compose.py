@@ -15,29 +15,19 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from .pipeline import Pipeline, client_summaries
+from .pipeline import Pipeline, client_summaries, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 
 # Prometheus series the services export (summed over labels).
 SERVER_CONNECTIONS = "sluice_server_connections_total"
-SERVER_OPEN = "sluice_server_connections"
+SERVER_OPEN = "sluice_server_connections_open"
 PARSER_INDEXED = "sluice_parser_records_indexed_total"
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def settled_es_count(p: Pipeline, expected: int, timeout: float = 120) -> int:

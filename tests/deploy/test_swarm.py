@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .pipeline import INSTALL_HINT, docker_problem
+from .pipeline import INSTALL_HINT, docker_problem, wait_for
 from .swarm import (
     RABBITMQ_NODES,
     RAW_QUEUE,
@@ -33,7 +33,6 @@ from .swarm import (
     docker,
     single_node_swarm,
     swarm_lock,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]

@@ -29,13 +29,21 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 
 from sluice.protocol import encode
+from tests.support.rabbitmq import free_port
 
-from .pipeline import INSTALL_HINT, ROOT, RUN, client_summaries, docker_problem, free_port
+from .pipeline import (
+    INSTALL_HINT,
+    ROOT,
+    RUN,
+    client_summaries,
+    docker_problem,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
@@ -101,16 +109,6 @@ class TlsStack:
         count: int = json.loads(body)["count"]
         return count
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")

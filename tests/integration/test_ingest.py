@@ -30,8 +30,9 @@ from pamqp.commands import Basic
 from sluice.client.sources import MeasurementGenerator
 from sluice.records import validate_measurement
 from sluice.topology import Topology
+from tests.support.metrics import parse_metrics
 from tests.support.nginx import StartBalancer
-from tests.support.rabbitmq import PrivateBroker, free_port
+from tests.support.rabbitmq import PrivateBroker, drain_queue, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND = "measurement"
@@ -62,12 +63,7 @@ class ServerProcess:
         async with aiohttp.ClientSession() as session, \
                 session.get(f"http://127.0.0.1:{self.http_port}/metrics") as response:
             text = await response.text()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            match = re.match(r"^([a-z_]+)(?:\{[^}]*\})? (\S+)$", line)
-            if match:
-                out[match.group(1)] = out.get(match.group(1), 0.0) + float(match.group(2))
-        return out
+        return parse_metrics(text)
 
     async def terminate(self) -> int:
         if self.process.returncode is None:
@@ -149,20 +145,6 @@ async def run_client(*argv: str) -> tuple[int, dict[str, Any], str]:
     return await finish_client(await start_client(*argv))
 
 
-async def drain(url: str, queue: str) -> list[aiormq.abc.DeliveredMessage]:
-    connection = await aiormq.connect(url)
-    try:
-        channel = await connection.channel()
-        out = []
-        while True:
-            message = await channel.basic_get(queue, no_ack=True)
-            if isinstance(message.delivery, Basic.GetEmpty):
-                return out
-            out.append(message)
-    finally:
-        await connection.close()
-
-
 def records_of(messages: list[aiormq.abc.DeliveredMessage]) -> list[dict[str, Any]]:
     return [r for m in messages for r in msgpack.unpackb(m.body, raw=False)]
 
@@ -224,7 +206,7 @@ async def test_generated_records_reach_the_queue_exactly_once_with_properties(
     assert code == 0, err[-3000:]
     assert summary["acked"] == count and summary["failed"] == 0
 
-    messages = await drain(amqp_url, Topology(namespace).raw_queue(KIND))
+    messages = await drain_queue(amqp_url, Topology(namespace).raw_queue(KIND))
     received = records_of(messages)
     sent = regenerate(seed, instance, 17, count)
     assert len(received) == count
@@ -266,7 +248,7 @@ async def test_file_records_reach_the_queue_exactly_once_and_bad_lines_do_not(
     assert code == 3, err[-3000:]
     assert summary["invalid_lines"] == [3001, 3002]
 
-    received = records_of(await drain(amqp_url, Topology(namespace).raw_queue(KIND)))
+    received = records_of(await drain_queue(amqp_url, Topology(namespace).raw_queue(KIND)))
     assert sorted(r["id"] for r in received) == sorted(r["id"] for r in sent)
     assert {r["id"]: {**r, "value": float(r["value"])} for r in sent} == {r["id"]: r for r in received}
 
@@ -298,7 +280,7 @@ async def test_rabbitmq_stopped_and_started_mid_stream(
     assert summary["acked"] == count
     assert summary["nacked"] + summary["resent"] > 0, "the outage never reached the client"
 
-    received = records_of(await drain(private_rabbitmq.url, Topology(namespace).raw_queue(KIND)))
+    received = records_of(await drain_queue(private_rabbitmq.url, Topology(namespace).raw_queue(KIND)))
     expected = regenerate(seed, instance, 100, count)
     assert {r["id"] for r in received} == {r["id"] for r in expected}  # at least once
     assert by_id(received) == by_id(expected)
@@ -331,7 +313,7 @@ async def test_an_outage_does_not_use_up_max_tries_and_message_ids_never_repeat(
     assert summary["acked"] == count
     assert summary["nacked"] + summary["resent"] > 0, "the outage never reached the client"
 
-    messages = await drain(private_rabbitmq.url, Topology(namespace).raw_queue(KIND))
+    messages = await drain_queue(private_rabbitmq.url, Topology(namespace).raw_queue(KIND))
     bodies: dict[str, bytes] = {}
     for message in messages:
         message_id = message.header.properties.message_id
@@ -366,7 +348,7 @@ async def test_sigterm_on_the_server_loses_no_acked_batch(
     assert summary["acked"] == count
     assert (await second.metrics())["sluice_server_connections_total"] >= 1
 
-    received = records_of(await drain(amqp_url, Topology(namespace).raw_queue(KIND)))
+    received = records_of(await drain_queue(amqp_url, Topology(namespace).raw_queue(KIND)))
     expected = regenerate(seed, instance, 100, count)
     assert {r["id"] for r in received} == {r["id"] for r in expected}
     assert by_id(received) == by_id(expected)
@@ -394,7 +376,7 @@ async def test_through_an_nginx_stream_balancer_to_two_servers(
         metrics = await server.metrics()
         assert metrics["sluice_server_connections_total"] >= 1
         assert metrics["sluice_server_records_total"] > 0
-    received = records_of(await drain(amqp_url, Topology(namespace).raw_queue(KIND)))
+    received = records_of(await drain_queue(amqp_url, Topology(namespace).raw_queue(KIND)))
     assert sorted(r["id"] for r in received) == sorted(r["id"] for r in sent)
 
 
@@ -440,7 +422,7 @@ async def test_a_full_queue_refuses_and_the_client_backs_off_and_resends_everyth
     assert code == 0, err[-3000:]
     assert summary["acked"] == count and summary["failed"] == 0
     assert summary["nacked"] > 0, "the queue never filled up"
-    received = records_of(drained + await drain(amqp_url, queue))
+    received = records_of(drained + await drain_queue(amqp_url, queue))
     expected = regenerate(seed, instance, 100, count)
     assert Counter(r["id"] for r in received) == Counter(r["id"] for r in expected)
     assert by_id(received) == by_id(expected)

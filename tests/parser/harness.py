@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import msgpack
 
 from sluice.es import index_name
 from sluice.topology import Topology
+from tests.support.metrics import parse_metrics
 from tests.support.rabbitmq import free_port
 
 __all__ = [
@@ -155,7 +155,6 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
-_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
 @dataclass
@@ -179,16 +178,7 @@ class ParserProcess:
         """``name{labels}`` -> value; also ``name`` -> sum over its labels."""
         status, text = await self.get("/metrics")
         assert status == 200
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            match = _METRIC.match(line)
-            if not match or line.startswith("#"):
-                continue
-            name, labels, value = match.group(1), match.group(2) or "", float(match.group(3))
-            out[name + labels] = value
-            if labels:
-                out[name] = out.get(name, 0.0) + value
-        return out
+        return parse_metrics(text)
 
     async def metric(self, name: str) -> float:
         return (await self.metrics()).get(f"sluice_parser_{name}", 0.0)

@@ -15,6 +15,7 @@ from sluice.errors import StoreUnavailable
 from sluice.es import ensure_template, index_name, make_client
 from sluice.parser.indexer import BulkIndexer, action_prefix, encode_create
 from sluice.parser.stats import ParserMetrics
+from tests.support.metrics import sample
 from tests.support.rabbitmq import free_port
 
 _PRODUCT = {"X-Elastic-Product": "Elasticsearch"}
@@ -102,8 +103,9 @@ async def test_each_item_status_is_read_and_only_retryable_items_are_resent(
     ]
     assert "reason 400" in outcome.refused[0].error
     assert scripted.requests == [["a", "b", "c", "d", "e", "f"], ["d", "e"]]
-    assert metrics.retries.value("item") == 1
-    assert metrics.indexed.total() == 4 and metrics.duplicates.total() == 1
+    assert sample(metrics.registry, "sluice_parser_bulk_retries_total", cause="item") == 1
+    assert sample(metrics.registry, "sluice_parser_records_indexed_total") == 4
+    assert sample(metrics.registry, "sluice_parser_records_duplicate_total") == 1
 
 
 async def test_a_failed_request_is_retried_whole_until_it_works(scripted: ScriptedEs) -> None:
@@ -118,7 +120,7 @@ async def test_a_failed_request_is_retried_whole_until_it_works(scripted: Script
         await client.close()
     assert (outcome.indexed, outcome.attempts) == (2, 4)
     assert scripted.requests == [["a", "b"]] * 4
-    assert metrics.retries.value("request") == 3
+    assert sample(metrics.registry, "sluice_parser_bulk_retries_total", cause="request") == 3
     assert states == [False, False, False, True]
 
 
@@ -132,7 +134,7 @@ async def test_max_retries_gives_up_with_store_unavailable() -> None:
             await indexer.index(actions(["a"]))
     finally:
         await client.close()
-    assert metrics.retries.value("request") == 3
+    assert sample(metrics.registry, "sluice_parser_bulk_retries_total", cause="request") == 3
 
 
 async def test_against_elasticsearch_duplicates_and_refusals(

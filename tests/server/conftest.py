@@ -10,7 +10,7 @@ import pytest
 from sluice.server.app import IngestServer
 from sluice.server.settings import ServerSettings
 
-from ..support.rabbitmq import TEST_KINDS
+from ..support.rabbitmq import TEST_KINDS, wait_link_up
 
 StartServer = Callable[..., Awaitable[IngestServer]]
 
@@ -34,7 +34,7 @@ async def start_server(amqp_url: str, namespace: str) -> AsyncIterator[StartServ
         servers.append(server)
         await server.start()
         if wait_up:
-            assert await server.link.wait_up(30), "the server did not reach RabbitMQ"
+            assert await wait_link_up(server.link, 30), "the server did not reach RabbitMQ"
         return server
 
     yield start

@@ -5,26 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiormq
-import aiormq.abc
-from pamqp.commands import Basic
+from ..support.rabbitmq import drain_queue
 
 __all__ = ["drain_queue", "message_ids", "poll"]
-
-
-async def drain_queue(url: str, queue: str) -> list[aiormq.abc.DeliveredMessage]:
-    """Every message now in ``queue`` (taken with basic_get and acked)."""
-    connection = await aiormq.connect(url)
-    try:
-        channel = await connection.channel()
-        out = []
-        while True:
-            message = await channel.basic_get(queue, no_ack=True)
-            if isinstance(message.delivery, Basic.GetEmpty):
-                return out
-            out.append(message)
-    finally:
-        await connection.close()
 
 
 async def message_ids(url: str, queue: str) -> list[str]:

@@ -11,6 +11,7 @@ import pytest
 
 from sluice.protocol import encode_batch
 from sluice.server.app import MAX_REFUSING, IngestServer
+from tests.support.metrics import sample
 
 from ..support.rabbitmq import PrivateBroker
 from .conftest import StartServer
@@ -89,7 +90,7 @@ async def test_small_batches_wait_for_the_budget_too(
         client.batch(seq, body)
     size = len(encode_batch(0, "measurement", 1, body)) - 4  # the frame body is counted
     await poll(lambda: server.budget.waiting == 1)
-    assert server.metrics.batches.value() == 1024 // size
+    assert sample(server.registry, "sluice_server_batches_total") == 1024 // size
     assert server.budget.used == 1024 // size * size
     unblock_publishers(private_rabbitmq)
     settled = await client.settle(set(range(8)), timeout=60)
@@ -125,7 +126,7 @@ async def test_refused_connections_count_against_a_bound(
     assert server.port is not None
     flood = [await RawClient.connect(server.port) for _ in range(MAX_REFUSING + 50)]
     clients.extend(flood)
-    await poll(lambda: server.metrics.errors.value("too_many_connections") == len(flood))
+    await poll(lambda: sample(server.registry, "sluice_server_errors_total", code="too_many_connections") == len(flood))
     assert server.refusing == MAX_REFUSING
     answers = [await client.recv(timeout=30) for client in flood]
     with_error = [a for a in answers if a is not None]

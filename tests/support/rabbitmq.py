@@ -16,12 +16,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 import aiormq
 import pytest
+from aiormq.abc import AbstractConnection, DeliveredMessage
+from pamqp.commands import Basic
 
+from sluice.amqp import BrokerLink
 from sluice.topology import Topology
 
 from .names import unique_name
@@ -76,15 +79,57 @@ async def namespace(amqp_url: str) -> AsyncIterator[str]:
     await delete_topology(amqp_url, Topology(namespace=ns), TEST_KINDS)
 
 
-async def delete_topology(url: str, topology: Topology, kinds: tuple[str, ...]) -> None:
+async def drain_queue(url: str, queue: str) -> list[DeliveredMessage]:
+    """Every message now in ``queue`` (taken with basic_get and acked)."""
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        out = []
+        while True:
+            message = await channel.basic_get(queue, no_ack=True)
+            if isinstance(message.delivery, Basic.GetEmpty):
+                return out
+            out.append(message)
+    finally:
+        await connection.close()
+
+
+async def delete_topology(url: str, topology: Topology, kinds: Iterable[str]) -> None:
     try:
         conn = await asyncio.wait_for(aiormq.connect(url), 10)
     except Exception:
         return
     try:
-        await topology.delete(conn, kinds)
+        await delete_declared(conn, topology, kinds)
     finally:
         await conn.close()
+
+
+async def delete_declared(connection: AbstractConnection, topology: Topology,
+                          kinds: Iterable[str]) -> None:
+    """Delete what ``topology.declare`` made for these kinds: both queues of each kind and
+    both exchanges; missing ones are skipped. Services never delete topology, so this is
+    for tests and benchmarks that clean up after themselves. A failed delete closes its
+    channel, so each one gets a channel of its own."""
+    for kind in kinds:
+        for queue in (topology.raw_queue(kind), topology.dead_queue(kind)):
+            channel = await connection.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.queue_delete(queue)
+    for exchange in (topology.exchange, topology.dead_exchange):
+        channel = await connection.channel()
+        with contextlib.suppress(aiormq.exceptions.AMQPError):
+            await channel.exchange_delete(exchange)
+
+
+async def wait_link_up(link: BrokerLink, timeout: float) -> bool:
+    """Whether ``link`` is up within ``timeout`` seconds (it reconnects by itself)."""
+    deadline = time.monotonic() + timeout
+    while not link.is_up:
+        if link.failed.is_set() or time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 @dataclass
@@ -122,12 +167,11 @@ class PrivateBroker:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def private_rabbitmq() -> Iterator[PrivateBroker]:
-    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
-        pytest.fail("this test needs a local rabbitmq-server: apt-get install rabbitmq-server "
-                    "(./scripts/test.sh installs it)", pytrace=False)
-    name = unique_name("sluicetest")
+@contextlib.contextmanager
+def private_broker(prefix: str = "sluicetest", startup_timeout: float = 120) -> Iterator[PrivateBroker]:
+    """A started RabbitMQ node on free ports with a data directory of its own, stopped and
+    removed on exit (benchmarks use it too). Needs ``rabbitmq-server`` and ``rabbitmqctl``."""
+    name = unique_name(prefix)
     node = f"{name}@{socket.gethostname().split('.')[0]}"
     port = free_port()
     base = tempfile.mkdtemp(prefix=name, dir="/tmp")
@@ -149,7 +193,7 @@ def private_rabbitmq() -> Iterator[PrivateBroker]:
     broker = PrivateBroker(node=node, port=port, env=env, base=base)
     try:
         subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + startup_timeout
         while True:
             try:
                 broker.ctl("await_startup", timeout=60)
@@ -160,9 +204,18 @@ def private_rabbitmq() -> Iterator[PrivateBroker]:
                 time.sleep(1)
         yield broker
     finally:
-        # A node that does not stop in time is killed: it must not outlive the test.
+        # A node that does not stop in time is killed: it must not outlive its user.
         try:
             broker.ctl("stop", timeout=60)
         except subprocess.SubprocessError:
             broker.kill()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[PrivateBroker]:
+    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+        pytest.fail("this test needs a local rabbitmq-server: apt-get install rabbitmq-server "
+                    "(./scripts/test.sh installs it)", pytrace=False)
+    with private_broker() as broker:
+        yield broker

@@ -19,6 +19,7 @@ from typing import Callable
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
+from prometheus_client import Counter, Histogram
 
 from ..auth import TokenFile
 from ..backoff import Backoff
@@ -26,8 +27,7 @@ from ..errors import IndexingError
 from ..es import ensure_template
 from ..lifecycle import TaskOwner
 from ..logs import get_logger
-from ..metrics import Counter, Registry
-from ..ops import OpsServer
+from ..ops import OpsServer, service_registry
 from ..topology import Topology
 from .auth import bearer_auth
 from .cors import cors_middleware
@@ -50,16 +50,18 @@ class ApiMetrics:
     """What ``/metrics`` reports about the API itself."""
 
     def __init__(self) -> None:
-        self.registry = Registry("sluice_api")
-        self.requests: Counter = self.registry.counter(
-            "requests_total", "HTTP requests answered, by route, method and status",
-            ("route", "method", "status"),
+        self.registry = service_registry()
+        self.requests = Counter(
+            "sluice_api_requests_total", "HTTP requests answered, by route, method and status",
+            ("route", "method", "status"), registry=self.registry,
         )
-        self.latency = self.registry.histogram(
-            "request_duration_seconds", "time to answer an HTTP request, all routes"
+        self.latency = Histogram(
+            "sluice_api_request_duration_seconds", "time to answer an HTTP request, by route",
+            ("route",), registry=self.registry,
         )
-        self.store_latency = self.registry.histogram(
-            "store_request_duration_seconds", "time of each Elasticsearch search the API sends"
+        self.store_latency = Histogram(
+            "sluice_api_store_request_duration_seconds",
+            "time of each Elasticsearch search the API sends", registry=self.registry,
         )
 
 
@@ -144,8 +146,9 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
                              status=500)
     finally:
         metrics = request.app[METRICS]
-        metrics.requests.inc(1, _route_label(request), request.method, str(status))
-        metrics.latency.observe(time.perf_counter() - started)
+        route = _route_label(request)
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
 
 
 def _plain_query(request: web.Request) -> None:

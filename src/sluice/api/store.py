@@ -14,11 +14,11 @@ from typing import Any
 
 from elasticsearch import ApiError as EsApiError
 from elasticsearch import AsyncElasticsearch, TransportError
+from prometheus_client import Histogram
 
 from ..errors import StoreUnavailable
 from ..es import index_pattern, make_client, store_error
 from ..logs import RateLimitedLog, get_logger
-from ..metrics import Histogram
 from .responses import ApiError
 
 __all__ = ["Store"]

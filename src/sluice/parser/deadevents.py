@@ -225,7 +225,7 @@ class DeadLetterEvents:
         if not isinstance(items, list) or len(items) != len(actions):
             return None
         if not body.get("errors"):
-            self._metrics.dead_events.inc(len(actions), "created")
+            self._metrics.dead_events.labels("created").inc(len(actions))
             return []
         return items
 
@@ -250,17 +250,17 @@ class DeadLetterEvents:
                     error=str(result.get("error"))[:300],
                 )
         if created:
-            self._metrics.dead_events.inc(created, "created")
+            self._metrics.dead_events.labels("created").inc(created)
         if duplicates:
-            self._metrics.dead_events.inc(duplicates, "duplicate")
+            self._metrics.dead_events.labels("duplicate").inc(duplicates)
         if refused:
-            self._metrics.dead_events_failed.inc(refused, "refused")
+            self._metrics.dead_events_failed.labels("refused").inc(refused)
         return again
 
     def _fail(self, cause: str, count: int, **fields: Any) -> None:
         if count <= 0:
             return
-        self._metrics.dead_events_failed.inc(count, cause)
+        self._metrics.dead_events_failed.labels(cause).inc(count)
         self._rate_limited.warning(
             cause, "dead_letter_events_not_written", cause=cause, events=count,
             dead_letters="kept in RabbitMQ", **fields,

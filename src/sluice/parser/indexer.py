@@ -166,7 +166,7 @@ class BulkIndexer:
                     break
                 cause = "item"
             retries += 1
-            self._metrics.retries.inc(1, cause)
+            self._metrics.retries.labels(cause).inc()
             if self._max_retries and retries > self._max_retries:
                 raise StoreUnavailable(
                     f"{len(pending)} bulk item(s) still failing after {self._max_retries} retries"

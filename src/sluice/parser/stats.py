@@ -6,7 +6,11 @@ nothing measurable on the hot path.
 
 from __future__ import annotations
 
-from ..metrics import Registry
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..ops import service_registry
 
 __all__ = ["BULK_BUCKETS", "ParserMetrics"]
 
@@ -15,46 +19,59 @@ BULK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 
 
 class ParserMetrics:
-    def __init__(self, registry: Registry | None = None) -> None:
-        self.registry = registry or Registry("sluice_parser")
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry if registry is not None else service_registry()
         r = self.registry
-        self.messages_in = r.counter("messages_in_total", "AMQP messages received", ("kind",))
-        self.messages_acked = r.counter("messages_acked_total", "AMQP messages acked", ("kind",))
-        self.messages_requeued = r.counter(
-            "messages_requeued_total",
-            "AMQP messages given back to the queue (nack) after indexing kept failing",
+        self.messages_in = Counter("sluice_parser_messages_in_total", "AMQP messages received",
+                                   ("kind",), registry=r)
+        self.messages_acked = Counter("sluice_parser_messages_acked_total", "AMQP messages acked",
+                                      ("kind",), registry=r)
+        self.messages_requeued = Counter(
+            "sluice_parser_messages_requeued_total",
+            "AMQP messages given back to the queue (nack) after indexing kept failing", registry=r,
         )
-        self.records_in = r.counter("records_in_total", "records received", ("kind",))
-        self.indexed = r.counter("records_indexed_total", "records Elasticsearch created")
-        self.duplicates = r.counter(
-            "records_duplicate_total", "records already stored (409 on create), counted as success"
+        self.records_in = Counter("sluice_parser_records_in_total", "records received", ("kind",),
+                                  registry=r)
+        self.indexed = Counter("sluice_parser_records_indexed_total", "records Elasticsearch created",
+                               registry=r)
+        self.duplicates = Counter(
+            "sluice_parser_records_duplicate_total",
+            "records already stored (409 on create), counted as success", registry=r,
         )
-        self.dead_lettered = r.counter(
-            "dead_lettered_total",
+        self.dead_lettered = Counter(
+            "sluice_parser_dead_lettered_total",
             "records (or whole poison messages) published to the dead-letter exchange",
-            ("reason",),
+            ("reason",), registry=r,
         )
-        self.dead_events = r.counter(
-            "dead_letter_events_total",
+        self.dead_events = Counter(
+            "sluice_parser_dead_letter_events_total",
             "dead-letter event documents sent to <prefix>-dead-*: result=created, or "
             "duplicate (409: already written for an earlier delivery)",
-            ("result",),
+            ("result",), registry=r,
         )
-        self.dead_events_failed = r.counter(
-            "dead_letter_events_failed_total",
+        self.dead_events_failed = Counter(
+            "sluice_parser_dead_letter_events_failed_total",
             "dead-letter event documents not written (the RabbitMQ dead letter still exists): "
             "cause=store (Elasticsearch unreachable or busy), refused, dropped (buffer full, "
             "shutdown) or error",
-            ("cause",),
+            ("cause",), registry=r,
         )
-        self.retries = r.counter(
-            "bulk_retries_total",
+        self.retries = Counter(
+            "sluice_parser_bulk_retries_total",
             "bulk retries: cause=request (the request failed) or item (429/5xx items)",
-            ("cause",),
+            ("cause",), registry=r,
         )
-        self.bulk_seconds = r.histogram(
-            "bulk_seconds", "latency of one bulk request", BULK_BUCKETS
+        self.bulk_seconds = Histogram(
+            "sluice_parser_bulk_seconds", "latency of one bulk request", buckets=BULK_BUCKETS,
+            registry=r,
         )
-        self.inflight = r.gauge("inflight_messages", "AMQP messages received and not yet acked")
-        self.store_up = r.gauge("elasticsearch_up", "1 when the last Elasticsearch call worked")
-        self.broker_up = r.gauge("broker_up", "1 while the RabbitMQ link is up")
+        #: AMQP messages received and not yet acked; the worker counts, the gauge reads it
+        #: and the store probe asks it whether work is waiting
+        self.inflight_messages = 0
+        self.inflight = Gauge("sluice_parser_inflight_messages",
+                              "AMQP messages received and not yet acked", registry=r)
+        self.inflight.set_function(lambda: self.inflight_messages)
+        self.store_up = Gauge("sluice_parser_elasticsearch_up",
+                              "1 when the last Elasticsearch call worked", registry=r)
+        self.broker_up = Gauge("sluice_parser_broker_up", "1 while the RabbitMQ link is up",
+                               registry=r)

@@ -45,7 +45,7 @@ class StoreProbe:
         return not self._idle() and time.monotonic() - self._progress_at > self._stall_timeout
 
     def _idle(self) -> bool:
-        if self._metrics.inflight.value() > 0:
+        if self._metrics.inflight_messages > 0:
             return False
         # Idle is not stalled, and the clock starts again with the next work.
         self._progress_at = time.monotonic()

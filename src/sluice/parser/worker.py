@@ -230,9 +230,9 @@ class Worker:
         delivery = self._decoder.decode(kind, message)
         self._channel_acks(delivery.channel).received(delivery.tag)
         metrics = self._metrics
-        metrics.messages_in.inc(1, kind)
-        metrics.records_in.inc(delivery.count, kind)
-        metrics.inflight.inc()
+        metrics.messages_in.labels(kind).inc()
+        metrics.records_in.labels(kind).inc(delivery.count)
+        metrics.inflight_messages += 1
         size = len(delivery.body)
         self.held_bytes += size
         self._avg_body = size if not self._avg_body else 0.9 * self._avg_body + 0.1 * size
@@ -318,7 +318,7 @@ class Worker:
                 log.exception("bulk_flush_failed", error=repr(exc), messages=len(batch))
                 await self._requeue([d for d in batch if not d.channel.is_closed])
             finally:
-                self._metrics.inflight.dec(len(batch))
+                self._metrics.inflight_messages -= len(batch)
                 self.held_bytes -= sum(len(d.body) for d in batch)
                 self._check_flow()
 
@@ -374,7 +374,7 @@ class Worker:
                 self._rate_limited.warning("ack", "ack_failed", error=repr(exc))
                 return
         for kind, count in acked.items():
-            self._metrics.messages_acked.inc(count, kind)
+            self._metrics.messages_acked.labels(kind).inc(count)
 
     async def _finish(self, delivery: Delivery) -> None:
         """Dead-letter what was rejected, then mark the delivery ready to ack; or leave
@@ -400,7 +400,7 @@ class Worker:
             await self._requeue([delivery])
             return
         for letter in delivery.letters:
-            self._metrics.dead_lettered.inc(1, letter.reason)
+            self._metrics.dead_lettered.labels(letter.reason).inc()
         if self._events is not None and delivery.letters:
             # Queued for a background bulk: never waited for, never in the way of the ack.
             self._events.record(delivery.kind, delivery.message_id, delivery.letters)

@@ -13,13 +13,15 @@ import contextlib
 import ssl
 from typing import Any, Optional
 
+from aiormq.abc import AbstractChannel
+from prometheus_client import CollectorRegistry
+
 from .. import tls
 from ..amqp import BrokerLink
 from ..auth import TokenFile
 from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
-from ..metrics import Registry
-from ..ops import OpsServer
+from ..ops import OpsServer, service_registry
 from ..protocol import ErrorCode, Welcome, encode
 from ..topology import Topology
 from .access import IngestAccess
@@ -50,9 +52,9 @@ class IngestServer:
 
     name = "server"
 
-    def __init__(self, settings: ServerSettings, registry: Optional[Registry] = None) -> None:
+    def __init__(self, settings: ServerSettings, registry: Optional[CollectorRegistry] = None) -> None:
         self.settings = settings
-        self.registry = registry or Registry("sluice_server")
+        self.registry = registry or service_registry()
         self.topology = Topology(namespace=settings.namespace, delivery_limit=settings.delivery_limit,
                                  max_length_bytes=settings.queue_max_bytes)
         self._connections: dict[Connection, asyncio.Task[None]] = {}
@@ -109,7 +111,7 @@ class IngestServer:
         """Refused connections still being closed politely (at most MAX_REFUSING)."""
         return self._refusing
 
-    async def _declare(self, channel: object) -> None:
+    async def _declare(self, channel: AbstractChannel) -> None:
         await self.topology.declare(channel, self.settings.kinds)
 
     def _link_lost(self, reason: BaseException) -> None:
@@ -154,7 +156,7 @@ class IngestServer:
 
     def _reject(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 code: str, message: str) -> None:
-        self.metrics.errors.inc(1, code)
+        self.metrics.errors.labels(code).inc()
         self._context.rejections.warning(code, "connection_rejected", code=code, reason=message,
                                          peer=str(writer.get_extra_info("peername")))
         if self._refusing >= MAX_REFUSING:

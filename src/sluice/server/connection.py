@@ -189,7 +189,7 @@ class Connection:
 
     async def _fail(self, code: str, message: str) -> None:
         self._sealed = True
-        self._ctx.metrics.errors.inc(1, code)
+        self._ctx.metrics.errors.labels(code).inc()
         self._ctx.rejections.warning(
             code, "connection_rejected", code=code, reason=message, peer=str(self.peer),
             client_id=self.client_id,
@@ -273,7 +273,7 @@ class Connection:
             self._release_held()
             raise
         self._frame_size = length
-        self._ctx.metrics.frames.inc(1, _FRAME_TYPES[type(message)])
+        self._ctx.metrics.frames.labels(_FRAME_TYPES[type(message)]).inc()
         return message
 
     async def _read(self) -> Optional[ProtocolError]:
@@ -412,4 +412,4 @@ class Connection:
     def _send_nack(self, seq: int, code: str, message: str) -> None:
         if self._writable():
             self._transport.write(encode(Nack(seq, code, message)))
-            self._ctx.metrics.nacks.inc(1, code)
+            self._ctx.metrics.nacks.labels(code).inc()
