@@ -1,8 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+from typing import Any, Optional
 
-from sluice.lifecycle import TaskOwner
+import pytest
+
+from sluice.errors import ConfigError, IndexingError
+from sluice.lifecycle import TaskOwner, serve_until_signal
 
 
 async def test_close_ends_a_task_that_swallowed_its_cancellation() -> None:
@@ -25,3 +31,53 @@ async def test_close_ends_a_task_that_swallowed_its_cancellation() -> None:
     await asyncio.wait_for(owner.close(), 30)
     assert swallowed.is_set() and task.cancelled()
     assert len(owner) == 0
+
+
+class _Service:
+    """A service that records what the runner asked of it, in order."""
+
+    name = "fake"
+
+    def __init__(self, failure: Optional[BaseException] = None) -> None:
+        self.calls: list[str] = []
+        self.failed = asyncio.Event()
+        self.started = asyncio.Event()
+        self._failure = failure
+
+    @property
+    def failure(self) -> Optional[BaseException]:
+        return self._failure
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        self.started.set()
+        if self._failure is not None:
+            self.failed.set()
+
+    async def shutdown(self) -> dict[str, Any]:
+        self.calls.append("shutdown")
+        return {"drained": True}
+
+    async def close(self) -> None:
+        self.calls.append("close")
+
+
+async def test_a_signal_shuts_the_service_down_then_closes_it() -> None:
+    service = _Service()
+    runner = asyncio.ensure_future(serve_until_signal(service))
+    await asyncio.wait_for(service.started.wait(), 30)
+    os.kill(os.getpid(), signal.SIGTERM)  # the runner's handler takes it, not pytest
+    assert await asyncio.wait_for(runner, 30) == 0
+    assert service.calls == ["start", "shutdown", "close"]
+
+
+@pytest.mark.parametrize(("failure", "status"), [
+    (ConfigError("queue declared with other arguments"), 2),
+    (IndexingError("template refused"), 1),
+])
+async def test_a_service_that_fails_for_good_is_closed_with_its_exit_status(
+    failure: BaseException, status: int
+) -> None:
+    service = _Service(failure)
+    assert await asyncio.wait_for(serve_until_signal(service), 30) == status
+    assert service.calls == ["start", "close"]  # no drain: it never ran

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sluice.client.main import ClientSettings
+from sluice.client.settings import ClientSettings
 from sluice.errors import ConfigError, ProtocolError
 from sluice.es import index_name
-from sluice.parser.main import ParserSettings
+from sluice.parser.settings import ParserSettings
 from sluice.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER_SIZE,
@@ -37,7 +37,7 @@ from sluice.protocol import (
     parse_server,
     read_frame,
 )
-from sluice.server.main import ServerSettings
+from sluice.server.settings import ServerSettings
 from tests.support.frames import FrameDecoder
 
 T = TypeVar("T")

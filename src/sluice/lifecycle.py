@@ -2,6 +2,11 @@
 
 Nothing in sluice is fire-and-forget: every background task belongs to a
 :class:`TaskOwner`, which cancels and awaits whatever is still running on ``close()``.
+
+Every long-running service (server, parser, API) has one shape, :class:`Service`: built
+from its settings object, ``start()``, a graceful ``shutdown()``, an immediate ``close()``,
+and a ``failed`` event for a fault no retry can fix. :func:`serve_until_signal` runs any of
+them until SIGTERM or SIGINT; each command's ``main()`` is :func:`run_until_signal`.
 """
 
 from __future__ import annotations
@@ -10,20 +15,22 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Coroutine
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
+from .errors import ConfigError
 from .logs import get_logger
 
-# ``uvloop.run`` makes a uvloop loop for one run instead of installing an event-loop policy
-# (an API that Python 3.14 deprecates). uvloop is not built for every platform (Windows):
-# asyncio's own loop is the fallback there.
+# An optional dependency, not a cycle: ``uvloop.run`` makes a uvloop loop for one run
+# instead of installing an event-loop policy (an API that Python 3.14 deprecates). uvloop
+# is not built for every platform (Windows): asyncio's own loop is the fallback there.
 _run_loop: Callable[[Coroutine[Any, Any, int]], int]
 try:
     from uvloop import run as _run_loop
 except ImportError:
     _run_loop = asyncio.run
 
-__all__ = ["TaskOwner", "run_service", "stop_on_signals", "wait_any"]
+__all__ = ["Service", "TaskOwner", "run_service", "run_until_signal", "serve_until_signal",
+           "stop_on_signals", "wait_any"]
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -105,3 +112,62 @@ async def wait_any(*events: asyncio.Event) -> None:
 def run_service(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run a service's main coroutine on uvloop when available; returns its exit status."""
     return _run_loop(main())
+
+
+class Service(Protocol):
+    """What every long-running service is: built from its settings object, then
+    ``start()`` (its ops endpoints from :class:`sluice.ops.OpsServer` included),
+    ``shutdown()`` (stop taking work, finish what is in flight, bounded by its drain
+    timeout) and ``close()`` (release everything at once; safe after ``shutdown()`` and
+    after a failed ``start()``). ``failed`` is set when the service cannot go on for a
+    reason no retry fixes (a queue declared with other arguments, a template refused);
+    the error is then in ``failure``."""
+
+    @property
+    def name(self) -> str:
+        """Prefix of the ``<name>_stopping``/``<name>_stopped`` log events."""
+
+    @property
+    def failed(self) -> asyncio.Event: ...
+
+    @property
+    def failure(self) -> Optional[BaseException]: ...
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> dict[str, Any]:
+        """Drain; returns what the ``<name>_stopped`` log line reports (e.g. ``drained``)."""
+
+    async def close(self) -> None: ...
+
+
+async def serve_until_signal(service: Service) -> int:
+    """Start ``service``, run it until SIGTERM/SIGINT or its ``failed`` event, then shut it
+    down gracefully; the exit status: 0, 2 for a configuration fault (ConfigError), else 1."""
+    stop = asyncio.Event()
+    remove_handlers = stop_on_signals(stop)
+    try:
+        await service.start()
+        await wait_any(stop, service.failed)
+        failure = service.failure
+        if failure is not None:
+            log.error(f"{service.name}_cannot_start", error=str(failure))
+            return 2 if isinstance(failure, ConfigError) else 1
+        log.info(f"{service.name}_stopping")
+        outcome = await service.shutdown()
+    finally:
+        remove_handlers()
+        await service.close()
+    log.info(f"{service.name}_stopped", **outcome)
+    return 0
+
+
+def run_until_signal(build: Callable[[], Service]) -> int:
+    """A command's whole run: the service ``build()`` makes, served until a signal on
+    uvloop when available. It is built inside the running loop, since on Python 3.9 an
+    ``asyncio.Event`` binds to the loop current when it is made."""
+
+    async def serve() -> int:
+        return await serve_until_signal(build())
+
+    return run_service(serve)

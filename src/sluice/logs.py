@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 __all__ = ["REQUEST_LOGGERS", "RateLimitedLog", "configure_logging", "get_logger"]
 
@@ -32,12 +32,12 @@ def configure_logging(service: str, instance: str, level: str = "info") -> None:
     else:
         renderer = structlog.processors.JSONRenderer()
 
-    def add_identity(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    def add_identity(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
         event.setdefault("service", service)
         event.setdefault("instance", instance)
         return event
 
-    shared: list[Any] = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         add_identity,
         structlog.processors.add_log_level,
@@ -74,8 +74,11 @@ def configure_logging(service: str, instance: str, level: str = "info") -> None:
         logging.getLogger(name).setLevel(quiet)
 
 
-def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+def get_logger(name: str) -> FilteringBoundLogger:
+    """A logger named ``name``; its class is the filtering one :func:`configure_logging`
+    installs (bound lazily, so loggers made at import time follow a later configuration)."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger
 
 
 class RateLimitedLog:
@@ -84,7 +87,7 @@ class RateLimitedLog:
     Bad input can arrive thousands of times a second; the log must not become the outage.
     """
 
-    def __init__(self, logger: Any, interval: float = 5.0) -> None:
+    def __init__(self, logger: FilteringBoundLogger, interval: float = 5.0) -> None:
         self._logger = logger
         self._interval = interval
         self._last: dict[str, float] = {}

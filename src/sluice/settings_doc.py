@@ -1,7 +1,7 @@
 """Writes ``docs/settings.md`` from the settings dataclasses the CLI itself uses.
 
-Every service's settings class (the one its module in :data:`sluice.cli.COMMANDS` holds)
-becomes a table: flag, environment variable, default and meaning, straight from the
+Every service's settings class (in the ``settings`` module beside each command of
+:data:`sluice.cli.COMMANDS`) becomes a table: flag, environment variable, default and meaning, straight from the
 :func:`~sluice.settings.option` declarations. ``tests/test_settings_doc.py`` fails when the
 checked-in page differs, so a new setting cannot go undocumented::
 
@@ -30,15 +30,19 @@ _SHARED = (CommonSettings, BrokerSettings, StoreSettings)
 
 
 def settings_class(module_name: str) -> type[CommonSettings]:
-    """The one settings dataclass a service module holds (besides the shared bases)."""
-    module = importlib.import_module(module_name)
+    """The one settings dataclass of a command: declared in its package's ``settings``
+    module (``sluice.server.settings`` for ``sluice.server.main``), or in the command's
+    own module for a one-module command (``sluice.retention``)."""
+    package, _, leaf = module_name.rpartition(".")
+    home = importlib.import_module(f"{package}.settings" if leaf == "main" else module_name)
     found = {
-        value for value in vars(module).values()
+        value for value in vars(home).values()
         if isinstance(value, type) and issubclass(value, CommonSettings) and value not in _SHARED
+        and value.__module__ == home.__name__
     }
     if len(found) != 1:
         names = ", ".join(sorted(c.__name__ for c in found)) or "none"
-        raise RuntimeError(f"{module_name} should hold exactly one settings class, found: {names}")
+        raise RuntimeError(f"{home.__name__} should declare exactly one settings class, found: {names}")
     return found.pop()
 
 

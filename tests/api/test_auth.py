@@ -6,20 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sluice.auth import TokenFile, hash_token, new_token
+from sluice.auth import hash_token, new_token
 
 
-def token_file(tmp_path: Path) -> tuple[TokenFile, str, str]:
+def token_file(tmp_path: Path) -> tuple[str, str, str]:
     reader, ingester = new_token(), new_token()
     path = tmp_path / "api-tokens"
     path.write_text(f"reader {hash_token(reader)} read\ningester {hash_token(ingester)} ingest:*\n")
-    return TokenFile(str(path)), reader, ingester
+    return str(path), reader, ingester
 
 
 async def test_data_needs_a_read_token(api_client: Any, seeded_prefix: str, measurements: list[dict[str, Any]],
                                        tmp_path: Path) -> None:
     tokens, reader, ingester = token_file(tmp_path)
-    client = await api_client(seeded_prefix, tokens=tokens)
+    client = await api_client(seeded_prefix, token_file=tokens)
     for path in ("/api/v1/stats", "/metrics", "/api/v1/pipeline"):
         response = await client.get(path)
         assert response.status == 401, path
@@ -41,7 +41,7 @@ async def test_data_needs_a_read_token(api_client: Any, seeded_prefix: str, meas
 
 async def test_probes_and_page_stay_open(api_client: Any, seeded_prefix: str, tmp_path: Path) -> None:
     tokens, _, _ = token_file(tmp_path)
-    client = await api_client(seeded_prefix, tokens=tokens)
+    client = await api_client(seeded_prefix, token_file=tokens)
     for path in ("/healthz", "/", "/api/v1/openapi.json"):
         assert (await client.get(path)).status == 200, path
     assert (await client.get("/readyz")).status in (200, 503)

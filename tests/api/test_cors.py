@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.api.main import ApiSettings
+from sluice.api.settings import ApiSettings
 from sluice.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from sluice.api.app import build_app
+from sluice.api.settings import ApiSettings
 
 from .test_aggregations import get_json
 
@@ -85,8 +86,9 @@ async def silent_store() -> AsyncIterator[str]:
 async def test_store_timeout_gives_503(silent_store):
     from aiohttp.test_utils import TestClient, TestServer
 
-    app = build_app(es_url=silent_store, index_prefix="sluice", kinds=("measurement",), amqp_url=None,
-                    es_timeout=0.3, install_template=False)
+    settings = ApiSettings(es_url=silent_store, index_prefix="sluice", kinds=("measurement",),
+                           amqp_url="", es_timeout=0.3)
+    app = build_app(settings, install_template=False)
     async with TestClient(TestServer(app)) as client:
         body = await get_json(client, "/api/v1/stats", status=503)
         assert body["error"]["code"] == "store_unavailable"

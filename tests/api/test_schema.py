@@ -55,9 +55,10 @@ def test_every_route_is_documented_and_every_parameter_parsed():
     from sluice.api import params
     from sluice.api.app import build_app
     from sluice.api.openapi import openapi_document
+    from sluice.api.settings import ApiSettings
 
     doc = openapi_document()
-    app = build_app(es_url="http://127.0.0.1:1", index_prefix="sluice", kinds=("measurement",), amqp_url=None)
+    app = build_app(ApiSettings(es_url="http://127.0.0.1:1", amqp_url=""))
     routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource is not None}
     assert routes - {"/", "/static/{name}"} == set(doc["paths"])
     declared = {

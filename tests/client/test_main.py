@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sluice.client.main import ClientSettings, add_arguments, parse_target
+from sluice.client.main import add_arguments
+from sluice.client.settings import ClientSettings, parse_target
 from sluice.errors import ConfigError
 from sluice.settings import load
 

@@ -9,9 +9,9 @@ import pytest
 from sluice.client import runner
 from sluice.client.batch import OutBatch
 from sluice.client.feed import Feed
-from sluice.client.main import ClientSettings
 from sluice.client.report import EXIT_SOURCE_ERROR, Stats, exit_status, render_text
 from sluice.client.runner import run
+from sluice.client.settings import ClientSettings
 from sluice.client.sources import MeasurementGenerator
 from sluice.errors import ConfigError
 

@@ -13,6 +13,7 @@ from sluice.parser.deadletter import DeadLetterPublisher
 from sluice.parser.delivery import MessageDecoder
 from sluice.parser.indexer import BulkOutcome
 from sluice.parser.registry import build_chain
+from sluice.parser.settings import ParserSettings
 from sluice.parser.stats import ParserMetrics
 from sluice.parser.worker import Worker
 from sluice.topology import Topology
@@ -63,12 +64,13 @@ async def test_prefetch_is_bounded_in_bytes_and_the_sealed_queue_in_bulks(
 
     store = GatedStore()
     prefetch_bytes = 100_000
+    settings = ParserSettings(amqp_url=amqp_url, kinds=("measurement",), prefetch=50,
+                              prefetch_bytes=prefetch_bytes, bulk_size=300, bulk_concurrency=1)
     worker = Worker(
-        amqp_url=amqp_url, topology=topology, kinds=["measurement"],
+        settings, topology=topology,
         decoder=MessageDecoder("px", {"measurement": build_chain(["measurement"])}),
         indexer=store,  # type: ignore[arg-type]
         dead_letters=DeadLetterPublisher(topology, "test"), metrics=ParserMetrics(),
-        prefetch=50, prefetch_bytes=prefetch_bytes, bulk_size=300, concurrency=1,
     )
     worker.start()
     try:

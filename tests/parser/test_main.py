@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from sluice.errors import ConfigError
-from sluice.parser.main import ParserSettings, add_arguments, build_chains
+from sluice.parser.main import add_arguments, build_chains
+from sluice.parser.settings import ParserSettings
 from sluice.settings import load
 
 

@@ -21,6 +21,7 @@ import pytest
 from sluice.errors import StoreUnavailable
 from sluice.parser.delivery import Delivery
 from sluice.parser.indexer import BulkOutcome
+from sluice.parser.settings import ParserSettings
 from sluice.parser.stats import ParserMetrics
 from sluice.parser.worker import Worker
 from sluice.topology import Topology
@@ -505,8 +506,8 @@ def _delivery(channel: _Channel, tag: int) -> Delivery:
 async def test_an_unexpected_error_in_a_bulk_requeues_its_batch_and_the_flusher_goes_on() -> None:
     channel = _Channel()
     worker = Worker(
-        amqp_url="amqp://guest:guest@127.0.0.1:1/", topology=Topology("unit"),
-        kinds=["measurement"], decoder=SimpleNamespace(),  # type: ignore[arg-type]
+        ParserSettings(amqp_url="amqp://guest:guest@127.0.0.1:1/"), topology=Topology("unit"),
+        decoder=SimpleNamespace(),  # type: ignore[arg-type]
         indexer=_Indexer([AttributeError("'str' object has no attribute 'get'"),
                           StoreUnavailable("given up")]),  # type: ignore[arg-type]
         dead_letters=SimpleNamespace(),  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import pytest
 
 from sluice.server.app import IngestServer
-from sluice.server.main import ServerSettings
+from sluice.server.settings import ServerSettings
 
 from ..support.rabbitmq import TEST_KINDS, wait_link_up
 

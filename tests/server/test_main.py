@@ -15,7 +15,7 @@ import pytest
 
 from sluice.errors import ConfigError
 from sluice.protocol import ErrorCode
-from sluice.server.main import ServerSettings
+from sluice.server.settings import ServerSettings
 from sluice.settings import load
 
 from .queues import message_ids

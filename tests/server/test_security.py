@@ -19,9 +19,9 @@ import pytest
 import trustme
 
 from sluice.auth import hash_token, new_token
-from sluice.client.main import ClientSettings
 from sluice.client.report import EXIT_REFUSED, Summary, exit_status
 from sluice.client.runner import run
+from sluice.client.settings import ClientSettings
 from sluice.protocol import ErrorCode, NackCode
 from sluice.topology import Topology
 

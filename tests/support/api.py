@@ -32,6 +32,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from sluice.api.app import build_app
+from sluice.api.settings import ApiSettings
 from sluice.es import ensure_template, index_name, make_client
 
 __all__ = [
@@ -140,15 +141,16 @@ ApiClientFactory = Callable[..., Awaitable[TestClient]]
 
 @pytest.fixture
 async def api_client(es_url: str) -> AsyncIterator[ApiClientFactory]:
-    """``await api_client(prefix, amqp_url=None, namespace="sluice", kinds=(...))``."""
+    """``await api_client(prefix, amqp_url="", namespace="sluice", kinds=(...))``: the
+    options are ApiSettings fields, plus ``install_template`` (default off)."""
     clients: list[TestClient] = []
 
-    async def make(prefix: str, **opts: Any) -> TestClient:
-        opts.setdefault("amqp_url", None)
+    async def make(prefix: str, install_template: bool = False, **opts: Any) -> TestClient:
+        opts.setdefault("amqp_url", "")
         opts.setdefault("kinds", (KIND,))
         opts.setdefault("es_timeout", 5.0)
-        opts.setdefault("install_template", False)
-        app = build_app(es_url=es_url, index_prefix=prefix, **opts)
+        settings = ApiSettings(es_url=es_url, index_prefix=prefix, **opts)
+        app = build_app(settings, install_template=install_template)
         client = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)

@@ -5,7 +5,8 @@ Modules: :mod:`.params` (query parameters, shared by the handlers and the OpenAP
 document), :mod:`.queries` (Elasticsearch request bodies and result shaping),
 :mod:`.store` (the Elasticsearch client with errors classified), :mod:`.pipeline`
 (queue depths from RabbitMQ), :mod:`.handlers`, :mod:`.app` (application factory and
-middleware), :mod:`.openapi` and :mod:`.main` (settings and the command).
+middleware), :mod:`.openapi`, :mod:`.settings`, :mod:`.service` (the service object) and
+:mod:`.main` (the command).
 """
 
 from __future__ import annotations

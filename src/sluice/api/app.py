@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 
 from ..auth import TokenFile
 from ..backoff import Backoff
@@ -27,7 +27,7 @@ from ..errors import IndexingError
 from ..es import ensure_template
 from ..lifecycle import TaskOwner
 from ..logs import get_logger
-from ..ops import service_registry
+from ..ops import OpsServer, service_registry
 from ..topology import Topology
 from .auth import bearer_auth
 from .cors import cors_middleware
@@ -36,6 +36,7 @@ from .openapi import openapi_document
 from .params import PLAIN, parse_query
 from .pipeline import QueueInspector
 from .responses import RETRY_AFTER_S, ApiError, error_body, json_response
+from .settings import ApiSettings
 from .store import Store
 
 __all__ = ["ApiMetrics", "BadRequestLogFilter", "build_app", "quiet_bad_request_logs", "static_dir"]
@@ -150,10 +151,8 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         metrics.latency.labels(route).observe(time.perf_counter() - started)
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    parse_query(request.query, PLAIN)
-    return web.Response(body=generate_latest(request.app[METRICS].registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+def _plain_query(request: web.Request) -> None:
+    parse_query(request.query, PLAIN)  # ?pretty only: anything else is a 400
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -174,15 +173,12 @@ async def _asset(request: web.Request) -> web.FileResponse:
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
-async def _install_template(
-    store: Store, replicas: Optional[int], retention_days: Optional[int]
-) -> None:
+async def _install_template(store: Store, retention_days: int) -> None:
     """Install the index template once Elasticsearch answers, whenever that is."""
     backoff = Backoff(base=0.5, cap=30.0)
     while True:
         try:
-            await ensure_template(store.client, store.prefix, replicas=replicas,
-                                  retention_days=retention_days)
+            await ensure_template(store.client, store.prefix, retention_days=retention_days)
         except IndexingError as exc:
             log.warning("template_install_failed", error=str(exc)[:300])
             await asyncio.sleep(backoff.next_delay())
@@ -190,43 +186,32 @@ async def _install_template(
             return
 
 
-def build_app(
-    *,
-    es_url: str,
-    index_prefix: str,
-    kinds: Sequence[str],
-    amqp_url: Optional[str],
-    namespace: str = "sluice",
-    es_timeout: float = 10.0,
-    install_template: bool = True,
-    template_replicas: Optional[int] = None,
-    tokens: Optional[TokenFile] = None,
-    es_options: Optional[Mapping[str, Any]] = None,
-    cors_origins: Sequence[str] = (),
-    retention_days: Optional[int] = None,
-) -> web.Application:
+def build_app(settings: ApiSettings, *, install_template: bool = True) -> web.Application:
     """The API application; its resources open on startup and close on cleanup. With
-    ``tokens``, requests need a bearer token with the read scope (see ``auth.py``)."""
+    ``settings.token_file``, requests need a bearer token with the read scope (see
+    ``auth.py``). ``/healthz``, ``/readyz`` and ``/metrics`` are :class:`OpsServer`'s
+    handlers, answering in the API's JSON (``?pretty``, unknown parameters refused)."""
     quiet_bad_request_logs()
     metrics = ApiMetrics()
     # CORS outermost: preflights are answered before anything else, errors get its headers;
     # bearer tokens innermost, so a 401 is counted and carries the CORS headers too.
-    middlewares: list[Middleware] = [cors_middleware(cors_origins)] if cors_origins else []
+    middlewares: list[Middleware] = (
+        [cors_middleware(settings.cors_origins)] if settings.cors_origins else [])
     middlewares.append(_errors_and_metrics)
-    if tokens is not None:
-        middlewares.append(bearer_auth(tokens))
+    if settings.token_file:
+        middlewares.append(bearer_auth(TokenFile(settings.token_file)))
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[METRICS] = metrics
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = Store(es_url, index_prefix, kinds, timeout=es_timeout, latency=metrics.store_latency,
-                      es_options=es_options)
-        inspector = QueueInspector(amqp_url) if amqp_url else None
+        store = Store(settings.es_url, settings.index_prefix, settings.kinds,
+                      timeout=settings.es_timeout, latency=metrics.store_latency,
+                      es_options=settings.es_client_options())
+        inspector = QueueInspector(settings.amqp_url) if settings.amqp_url else None
         tasks = TaskOwner("api")
-        app[CONTEXT] = ApiContext(store, inspector, Topology(namespace), tuple(kinds))
+        app[CONTEXT] = ApiContext(store, inspector, Topology(settings.namespace), settings.kinds)
         if install_template:
-            tasks.spawn(_install_template(store, template_replicas, retention_days),
-                        name="install-template")
+            tasks.spawn(_install_template(store, settings.retention_days), name="install-template")
         try:
             yield
         finally:
@@ -235,9 +220,15 @@ def build_app(
                 await inspector.close()
             await store.close()
 
+    async def ready() -> dict[str, bool]:
+        return {"elasticsearch": await app[CONTEXT].store.ping()}
+
     app.cleanup_ctx.append(resources_ctx)
     add_routes(app)
-    app.router.add_get("/metrics", _metrics)
+    # No side port (port -1): the API's own port serves the ops endpoints.
+    ops = OpsServer(metrics.registry, ready, settings.host, -1, render=json_response,
+                    check_request=_plain_query)
+    ops.add_routes(app)
     app.router.add_get("/api/v1/openapi.json", _openapi)
     app.router.add_get("/", _index)
     app.router.add_get("/static/{name}", _asset)

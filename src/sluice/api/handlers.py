@@ -202,18 +202,6 @@ async def pipeline(request: web.Request) -> web.Response:
     })
 
 
-async def healthz(request: web.Request) -> web.Response:
-    parse_query(request.query, params.PLAIN)
-    return json_response(request, {"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    parse_query(request.query, params.PLAIN)
-    up = await _ctx(request).store.ping()
-    checks = {"elasticsearch": up}
-    return json_response(request, {"ready": up, "checks": checks}, status=200 if up else 503)
-
-
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/stats", stats)
     app.router.add_get("/api/v1/sensors", sensors)
@@ -221,5 +209,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/histogram", histogram)
     app.router.add_get("/api/v1/measurements", measurements)
     app.router.add_get("/api/v1/pipeline", pipeline)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)

@@ -4,12 +4,12 @@
 - :mod:`.stream`: one persistent connection: pipelining, acks, resends, splitting
 - :mod:`.feed`, :mod:`.batch`: the batches between the two
 - :mod:`.report`: counters, the progress line, the summary and the exit status
-- :mod:`.runner`: puts them together; :mod:`.main`: settings and the command
+- :mod:`.runner`: puts them together; :mod:`.settings`: the settings; :mod:`.main`: the command
 """
 
 from __future__ import annotations
 
-from .main import ClientSettings
 from .report import Summary
+from .settings import ClientSettings
 
 __all__ = ["ClientSettings", "Summary"]

@@ -13,8 +13,8 @@ from ..errors import ConfigError
 from ..lifecycle import TaskOwner, stop_on_signals
 from ..logs import get_logger
 from .feed import Feed
-from .main import ClientSettings
 from .report import Stats, Summary, progress_loop, report_loop
+from .settings import ClientSettings
 from .sources import FileSource, GeneratorSource, MeasurementGenerator, Source, random_seed
 from .stream import Stream
 

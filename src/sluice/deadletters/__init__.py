@@ -1,7 +1,8 @@
 """``sluice deadletters``: look into the dead-letter queues and replay what they hold.
 
 :mod:`.queue` walks a queue ``<ns>.dead.<kind>`` without losing or reordering anything
-for good; :mod:`.main` is the command (``list``, ``show``, ``replay``).
+for good; :mod:`.settings` holds its settings and :mod:`.main` is the command (``list``,
+``show``, ``replay``).
 """
 
 from __future__ import annotations

@@ -20,19 +20,20 @@ import asyncio
 import json
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Optional
 
 import aiormq
 
 from ..errors import BrokerUnavailable, ConfigError
 from ..logs import configure_logging
-from ..settings import BrokerSettings, load, option
 from ..settings import add_arguments as add_settings_arguments
+from ..settings import load
 from ..topology import Topology
 from .queue import DeadLetterQueue, Letter
+from .settings import DeadLetterSettings
 
-__all__ = ["HELP", "DeadLetterSettings", "add_arguments", "main"]
+__all__ = ["HELP", "add_arguments", "main"]
 
 HELP = (
     "Inspect the dead-letter queues (list, show) and replay dead-lettered records into "
@@ -45,13 +46,6 @@ _ACTIONS = {
     "replay": "republish the records of a kind's letters to the ingest exchange (confirmed; "
               "each letter is removed only after its confirm)",
 }
-
-
-@dataclass(frozen=True)
-class DeadLetterSettings(BrokerSettings):
-    kinds: tuple[str, ...] = option(
-        ("measurement",), "record kinds whose dead-letter queues to read, comma-separated"
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -52,6 +52,7 @@ from .deadevents import DeadLetterEvents
 from .deadletter import DeadLetter, DeadLetterPublisher
 from .delivery import Delivery, MessageDecoder
 from .indexer import BulkIndexer, BulkOutcome
+from .settings import ParserSettings
 from .stats import ParserMetrics
 
 __all__ = ["Worker"]
@@ -62,33 +63,29 @@ Batch = list[Delivery]
 
 
 class Worker:
+    """Consumes ``settings.kinds`` from ``settings.amqp_url`` within the settings' prefetch
+    and bulk bounds; the collaborators decode, index and dead-letter."""
+
     def __init__(
         self,
+        settings: ParserSettings,
         *,
-        amqp_url: str,
         topology: Topology,
-        kinds: Sequence[str],
         decoder: MessageDecoder,
         indexer: BulkIndexer,
         dead_letters: DeadLetterPublisher,
         metrics: ParserMetrics,
         events: Optional[DeadLetterEvents] = None,
-        prefetch: int = 200,
-        bulk_size: int = 5000,
-        bulk_linger: float = 0.05,
-        concurrency: int = 2,
-        bulk_max_bytes: int = 10 * 1024 * 1024,
-        prefetch_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._topology = topology
-        self._kinds = tuple(kinds)
+        self._kinds = settings.kinds
         self._decoder = decoder
         self._indexer = indexer
         self._dead = dead_letters
         self._metrics = metrics
         self._events = events
-        self._prefetch = prefetch
-        self._prefetch_bytes = prefetch_bytes
+        self._prefetch = settings.prefetch
+        self._prefetch_bytes = settings.prefetch_bytes
         #: message body bytes received and not yet acked, requeued or dropped
         self.held_bytes = 0
         #: consumers cancelled because held_bytes or the sealed bulks reached their bound
@@ -97,11 +94,11 @@ class Worker:
         #: prefetch count given to RabbitMQ for the current consumers; average body size
         self._qos = 0
         self._avg_body = 0.0
-        self._bulk_size = bulk_size
-        self._bulk_max_bytes = bulk_max_bytes
-        self._linger = bulk_linger
-        self._concurrency = concurrency
-        self.link = BrokerLink(amqp_url, setup=self._setup, on_lost=self._on_lost, name="parser")
+        self._bulk_size = settings.bulk_size
+        self._bulk_max_bytes = settings.bulk_max_bytes
+        self._linger = settings.bulk_linger_ms / 1000
+        self._concurrency = settings.bulk_concurrency
+        self.link = BrokerLink(settings.amqp_url, setup=self._setup, on_lost=self._on_lost, name="parser")
         self._tasks = TaskOwner("parser-worker")
         self._flushers: list[asyncio.Task[None]] = []
         self._sealed: asyncio.Queue[Optional[Batch]] = asyncio.Queue()

@@ -1,7 +1,7 @@
 """``sluice server``: accepts client connections speaking wire protocol v1 and publishes
 every batch to RabbitMQ with publisher confirms, acking each batch once it is confirmed.
 
-- :mod:`.main`: settings and the command-line entry point;
+- :mod:`.settings`: the settings; :mod:`.main`: the command-line entry point;
 - :mod:`.app`: the listener, connection limit, graceful shutdown and the ops side port;
 - :mod:`.connection`: one client connection (hello, batches, acks, backpressure, errors);
 - :mod:`.publisher`: batches to AMQP messages, pipelined confirms, nack codes;
@@ -11,6 +11,6 @@ every batch to RabbitMQ with publisher confirms, acking each batch once it is co
 from __future__ import annotations
 
 from .app import IngestServer
-from .main import ServerSettings
+from .settings import ServerSettings
 
 __all__ = ["IngestServer", "ServerSettings"]

@@ -27,9 +27,9 @@ from ..topology import Topology
 from .access import IngestAccess
 from .budget import ByteBudget
 from .connection import SHUTDOWN, Connection, ConnectionContext
-from .main import ServerSettings
 from .metrics import ServerMetrics
 from .publisher import Publisher
+from .settings import ServerSettings
 from .streams import close_with_error
 
 __all__ = ["MAX_REFUSING", "READ_BUFFER_LIMIT", "IngestServer"]
@@ -48,6 +48,10 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 class IngestServer:
+    """The ingest service (see :class:`sluice.lifecycle.Service`)."""
+
+    name = "server"
+
     def __init__(self, settings: ServerSettings, registry: Optional[CollectorRegistry] = None) -> None:
         self.settings = settings
         self.registry = registry or service_registry()
@@ -88,6 +92,15 @@ class IngestServer:
         #: bound ports (useful with port 0); None until started
         self.port: Optional[int] = None
         self.http_port: Optional[int] = None
+
+    @property
+    def failed(self) -> asyncio.Event:
+        """Set when the broker link failed for good (e.g. a queue with other arguments)."""
+        return self.link.failed
+
+    @property
+    def failure(self) -> Optional[BaseException]:
+        return self.link.failure
 
     @property
     def connections(self) -> int:
@@ -160,10 +173,11 @@ class IngestServer:
     def _refused(self, _: object) -> None:
         self._refusing -= 1
 
-    async def shutdown(self, drain_timeout: Optional[float] = None) -> None:
-        """Stop accepting, drain in-flight confirms (bounded), close every connection."""
+    async def shutdown(self, drain_timeout: Optional[float] = None) -> dict[str, Any]:
+        """Stop accepting, drain in-flight confirms (bounded), close every connection;
+        ``drained`` is False when connections were still open at the deadline."""
         if self._stopping:
-            return
+            return {"drained": True}
         self._stopping = True
         if self._listener is not None:
             self._listener.close()
@@ -175,9 +189,11 @@ class IngestServer:
                  inflight=self.publisher.inflight, drain_timeout=drain)
         for connection in connections:
             connection.stop(SHUTDOWN, deadline)
+        pending: set[asyncio.Task[None]] = set()
         if connections:
-            await asyncio.wait(connections.values(), timeout=drain + CLOSE_GRACE)
+            _, pending = await asyncio.wait(connections.values(), timeout=drain + CLOSE_GRACE)
         await self.close()
+        return {"drained": not pending}
 
     async def close(self) -> None:
         """Stop at once: connections are cut, outstanding publishes dropped."""
