@@ -34,7 +34,11 @@ start_dockerd() {
     docker info >/dev/null 2>&1 && return
     command -v dockerd >/dev/null 2>&1 || die "dockerd is missing (apt-get install docker.io)"
     log "starting dockerd (log: /var/log/dockerd.log)"
-    nohup dockerd >/var/log/dockerd.log 2>&1 &
+    # A session of its own (setsid): the engine outlives the shell, job or CI step that
+    # happened to start it, whose process group may be killed as a whole when it ends.
+    # 9>&-: without with_lock's descriptor, or the daemon and its containers would hold the
+    # lock for as long as they run.
+    setsid nohup dockerd >/var/log/dockerd.log 2>&1 </dev/null 9>&- &
     for _ in $(seq 60); do
         docker info >/dev/null 2>&1 && break
         sleep 1

@@ -30,7 +30,8 @@ resolve_python() {
 # lock /var/lock/sluice-NAME.lock, so that test runs sharing a machine (two CI clones, say)
 # take turns at what exists once per machine: apt/dpkg, the RabbitMQ node, dockerd, the image
 # builds, the single-node swarm. The same lock as `flock /var/lock/sluice-NAME.lock CMD` and
-# tests/support/locks.py. The kernel releases it when the holder dies. Waits at most
+# tests/support/locks.py. The kernel releases it when the holder dies (and every process
+# that inherited descriptor 9: a daemon started under the lock must close it). Waits at most
 # SLUICE_LOCK_TIMEOUT seconds (default 1500).
 with_lock() {
     local name=$1; shift
@@ -114,7 +115,9 @@ _start_rabbitmq() {
     # Debian's package may try to start the node itself; only start one if none is up.
     if ! rabbitmqctl -q status >/dev/null 2>&1; then
         log "starting rabbitmq-server"
-        rabbitmq-server -detached
+        # 9>&-: a daemon must not inherit with_lock's descriptor, or it holds the lock for
+        # as long as it runs and every later with_lock rabbitmq waits for nothing.
+        rabbitmq-server -detached 9>&-
     fi
     local i
     for i in $(seq 1 60); do

@@ -16,7 +16,7 @@ __all__ = ["PROJECT"]
 
 
 @pytest.fixture(scope="module")
-def pipeline() -> Iterator[Pipeline]:
+def pipeline(request: pytest.FixtureRequest) -> Iterator[Pipeline]:
     problem = docker_problem()
     if problem:
         pytest.fail(f"{problem}; {INSTALL_HINT}", pytrace=False)
@@ -36,7 +36,10 @@ def pipeline() -> Iterator[Pipeline]:
         ES_HEAP="512m",
     )
     p = Pipeline(env)
+    failed_before = request.session.testsfailed
     try:
         yield p
     finally:
+        if request.session.testsfailed > failed_before:
+            p.report_failure(request.config)
         p.run("down", "--volumes", check=False)

@@ -159,6 +159,28 @@ class Pipeline:
             codes[c] = int(out.strip())
         return codes
 
+    def diagnostics(self, tail: int = 80) -> str:
+        """What an engineer reads first when a run fails: every container's state and the
+        last lines of every service's log."""
+        parts = []
+        for args in (("ps", "-a"), ("logs", "--no-color", "--timestamps", f"--tail={tail}")):
+            proc = subprocess.run([*_compose_command(), *args], cwd=ROOT, env=self.env,
+                                  capture_output=True, text=True, timeout=120)
+            parts.append(f"$ compose {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+        return "\n".join(parts)
+
+    def report_failure(self, config: Any) -> None:
+        """Print the diagnostics past pytest's capture (a module fixture's teardown output
+        is otherwise never shown) and keep them in test-artifacts/."""
+        text = self.diagnostics()
+        os.makedirs(os.path.join(ROOT, "test-artifacts"), exist_ok=True)
+        path = os.path.join(ROOT, "test-artifacts", f"{self.project}-diagnostics.txt")
+        with open(path, "w") as out:
+            out.write(text)
+        capture = config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            print(f"\n---- {self.project}: containers and logs (also in {path}) ----\n{text}")
+
     def logs(self, container: str) -> str:
         proc = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
         return proc.stdout + proc.stderr
