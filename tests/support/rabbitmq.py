@@ -161,16 +161,47 @@ class PrivateBroker:
         try:
             with open(os.path.join(self.base, "pid")) as f:
                 pid = int(f.read().strip())
+            # A pid file can outlive its node, and its number be someone else's by now:
+            # kill only a process that is this node.
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                is_this_node = f"RABBITMQ_NODENAME={self.node}".encode() in f.read()
         except (OSError, ValueError):
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        if is_this_node:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
-def private_broker(prefix: str = "sluicetest", startup_timeout: float = 120) -> Iterator[PrivateBroker]:
+def private_broker(prefix: str = "sluicetest", startup_timeout: float = 120,
+                   attempts: int = 3) -> Iterator[PrivateBroker]:
     """A started RabbitMQ node on free ports with a data directory of its own, stopped and
-    removed on exit (benchmarks use it too). Needs ``rabbitmq-server`` and ``rabbitmqctl``."""
+    removed on exit (benchmarks use it too). Needs ``rabbitmq-server`` and ``rabbitmqctl``.
+
+    A node that does not come up is started again on other ports: a port found free can be
+    taken (by any outgoing connection's ephemeral port) before the node binds it. When every
+    attempt fails, the error carries the node's own log."""
+    failures: list[str] = []
+    for _ in range(attempts):
+        broker = _new_broker(prefix)
+        try:
+            if _start(broker, startup_timeout):
+                break
+            failures.append(_log_tail(broker))
+        except BaseException:
+            _stop(broker)
+            raise
+        _stop(broker)
+    else:
+        raise RuntimeError(f"a private RabbitMQ node did not start in {attempts} attempts; "
+                           "its logs:\n" + "\n----\n".join(failures))
+    try:
+        yield broker
+    finally:
+        _stop(broker)
+
+
+def _new_broker(prefix: str) -> PrivateBroker:
     name = unique_name(prefix)
     node = f"{name}@{socket.gethostname().split('.')[0]}"
     port = free_port()
@@ -190,26 +221,39 @@ def private_broker(prefix: str = "sluicetest", startup_timeout: float = 120) -> 
         "RABBITMQ_ENABLED_PLUGINS_FILE": plugins,
         "RABBITMQ_PID_FILE": os.path.join(base, "pid"),
     })
-    broker = PrivateBroker(node=node, port=port, env=env, base=base)
-    try:
-        subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60)
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            try:
-                broker.ctl("await_startup", timeout=60)
-                break
-            except subprocess.SubprocessError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-        yield broker
-    finally:
-        # A node that does not stop in time is killed: it must not outlive its user.
+    return PrivateBroker(node=node, port=port, env=env, base=base)
+
+
+def _start(broker: PrivateBroker, timeout: float) -> bool:
+    """Start the node and wait until it runs; False when it did not within ``timeout``."""
+    subprocess.run(["rabbitmq-server", "-detached"], env=broker.env, check=True, timeout=60)
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            broker.ctl("stop", timeout=60)
+            broker.ctl("await_startup", timeout=60)
+            return True
         except subprocess.SubprocessError:
-            broker.kill()
-        shutil.rmtree(base, ignore_errors=True)
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1)
+
+
+def _log_tail(broker: PrivateBroker, chars: int = 3000) -> str:
+    texts = []
+    log_dir = os.path.join(broker.base, "log")
+    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+        with open(os.path.join(log_dir, name), errors="replace") as f:
+            texts.append(f"{name}: {f.read()[-chars:]}")
+    return "\n".join(texts) or f"(no log in {log_dir})"
+
+
+def _stop(broker: PrivateBroker) -> None:
+    # A node that does not stop in time is killed: it must not outlive its user.
+    try:
+        broker.ctl("stop", timeout=60)
+    except subprocess.SubprocessError:
+        broker.kill()
+    shutil.rmtree(broker.base, ignore_errors=True)
 
 
 @pytest.fixture
