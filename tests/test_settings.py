@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +144,18 @@ def test_a_broker_url_list_is_masked_url_by_url() -> None:
 
 def test_a_list_of_blanks_holds_no_url() -> None:
     assert split_urls(" , ") == ()
+
+
+@pytest.mark.parametrize("kinds", ["a.b", "Upper", "_lead", "dead", ""])
+@pytest.mark.parametrize("settings_class", [
+    "sluice.server.settings:ServerSettings", "sluice.parser.settings:ParserSettings",
+    "sluice.api.settings:ApiSettings", "sluice.deadletters.settings:DeadLetterSettings",
+])
+def test_every_service_refuses_the_kinds_the_protocol_refuses(
+    settings_class: str, kinds: str,
+) -> None:
+    """One rule for kinds: no service starts on a kind that another one would refuse."""
+    module_name, _, name = settings_class.partition(":")
+    cls = getattr(importlib.import_module(module_name), name)
+    with pytest.raises(ConfigError, match="kinds"):
+        load(cls, argparse.Namespace(), environ={"SLUICE_KINDS": kinds})

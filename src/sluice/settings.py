@@ -32,6 +32,7 @@ from typing import Any, NewType, TypeVar
 
 from .durations import parse_duration
 from .errors import ConfigError
+from .protocol import validate_kind
 from .topology import DEFAULT_QUEUE_MAX_BYTES
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Seconds",
     "StoreSettings",
     "add_arguments",
+    "check_kinds",
     "describe",
     "env_name",
     "load",
@@ -152,6 +154,18 @@ class StoreSettings(CommonSettings):
         if self.es_api_key:
             options["api_key"] = self.es_api_key
         return options
+
+
+def check_kinds(kinds: tuple[str, ...]) -> None:
+    """The one check of every ``kinds`` setting: at least one kind, each a kind the wire
+    protocol accepts, so no service starts on a kind another one refuses."""
+    if not kinds:
+        raise ConfigError("kinds must name at least one record kind")
+    for kind in kinds:
+        try:
+            validate_kind(kind)
+        except ValueError as exc:
+            raise ConfigError(f"kinds: {exc}") from exc
 
 
 def env_name(field_name: str) -> str:

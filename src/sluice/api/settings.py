@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..es import index_pattern
-from ..settings import BrokerSettings, StoreSettings, option
+from ..settings import BrokerSettings, StoreSettings, check_kinds, option
 
 __all__ = ["ApiSettings"]
 
@@ -43,8 +43,7 @@ class ApiSettings(BrokerSettings, StoreSettings):
         super().__post_init__()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, not {self.port}")
-        if not self.kinds:
-            raise ConfigError("kinds must name at least one record kind")
+        check_kinds(self.kinds)
         if self.es_timeout <= 0:
             raise ConfigError(f"es_timeout must be positive, not {self.es_timeout}")
         for origin in self.cors_origins:

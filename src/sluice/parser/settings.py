@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..es import index_name
-from ..protocol import validate_kind
-from ..settings import BrokerSettings, StoreSettings, option
+from ..settings import BrokerSettings, StoreSettings, check_kinds, option
 
 __all__ = ["ParserSettings"]
 
@@ -65,13 +64,7 @@ class ParserSettings(BrokerSettings, StoreSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.kinds:
-            raise ConfigError("kinds: name at least one record kind")
-        for kind in self.kinds:
-            try:
-                validate_kind(kind)
-            except ValueError as exc:
-                raise ConfigError(f"kinds: {exc}") from exc
+        check_kinds(self.kinds)
         try:
             index_name(self.index_prefix, "kind", 0)
         except ValueError as exc:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..protocol import DEFAULT_MAX_FRAME, validate_kind
-from ..settings import BrokerSettings, option
+from ..protocol import DEFAULT_MAX_FRAME
+from ..settings import BrokerSettings, check_kinds, option
 
 __all__ = ["DEFAULT_MAX_INFLIGHT_BYTES", "ServerSettings"]
 
@@ -50,13 +50,7 @@ class ServerSettings(BrokerSettings):
         super().__post_init__()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, not {self.port}")
-        if not self.kinds:
-            raise ConfigError("kinds must name at least one kind")
-        for kind in self.kinds:
-            try:
-                validate_kind(kind)
-            except ValueError as exc:
-                raise ConfigError(f"kinds: {exc}") from exc
+        check_kinds(self.kinds)
         if not 64 <= self.max_frame <= 2**32 - 1:
             raise ConfigError(f"max_frame must be 64..{2**32 - 1} bytes, not {self.max_frame}")
         if self.max_inflight < 1:
