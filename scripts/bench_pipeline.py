@@ -143,8 +143,17 @@ def spawn(cmd: list[str], log: str | None = None, **kwargs: Any) -> subprocess.P
 
 
 def start_rabbitmq() -> None:
-    subprocess.run(["rabbitmq-server", "-detached"], check=False)
-    subprocess.run(["rabbitmqctl", "await_startup"], check=True, timeout=120)
+    # The node outlives the benchmark (as scripts/lib.sh starts it for the tests), so it
+    # must not hold this process's descriptors. ``await_startup`` fails at once while the
+    # node is not yet reachable at all, so it is asked again until a deadline.
+    subprocess.run(["rabbitmq-server", "-detached"], check=False, close_fds=True,
+                   start_new_session=True)
+    deadline = time.monotonic() + 120
+    while subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=False, timeout=120,
+                         capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit("rabbitmq-server did not come up in 120 s; see /var/log/rabbitmq/")
+        time.sleep(1)
 
 
 def env(**extra: str) -> dict[str, str]:

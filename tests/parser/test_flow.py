@@ -34,6 +34,17 @@ class GatedStore:
         return BulkOutcome(indexed=len(actions))
 
 
+class CountingStore:
+    """Indexes everything at once and keeps the size of each bulk."""
+
+    def __init__(self) -> None:
+        self.bulks: list[int] = []
+
+    async def index(self, actions: Sequence[bytes]) -> BulkOutcome:
+        self.bulks.append(len(actions))
+        return BulkOutcome(indexed=len(actions))
+
+
 async def wait_until(condition: object, what: str, timeout: float = 60) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -94,3 +105,42 @@ async def test_prefetch_is_bounded_in_bytes_and_the_sealed_queue_in_bulks(
         assert declared.message_count == 0
     finally:
         await connection.close()
+
+
+async def test_small_messages_are_sent_at_half_the_window_not_after_the_linger(
+    amqp_url: str, namespace: str
+) -> None:
+    """200 messages of 5 records, a prefetch window of 20 messages and a linger of ten
+    minutes: the broker sends no more than the window until acks come back, so a bulk that
+    waited for 5,000 documents or the linger would hold the parser for ten minutes. Half
+    the window (10 messages, 50 documents) seals a bulk instead, and everything is indexed
+    long before any linger ends."""
+    topology = Topology(namespace)
+    messages = [make_records(5, start=i * 5) for i in range(200)]
+    connection = await aiormq.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await topology.declare(channel, ["measurement"])
+        for records in messages:
+            await channel.basic_publish(msgpack.packb(records), exchange=topology.exchange,
+                                        routing_key=topology.routing_key("measurement"))
+    finally:
+        await connection.close()
+
+    store = CountingStore()
+    settings = ParserSettings(amqp_url=amqp_url, kinds=("measurement",), prefetch=20,
+                              bulk_size=5000, bulk_linger_ms=600_000)
+    worker = Worker(
+        settings, topology=topology,
+        decoder=MessageDecoder("px", {"measurement": build_chain(["measurement"])}),
+        indexer=store,  # type: ignore[arg-type]
+        dead_letters=DeadLetterPublisher(topology, "test"), metrics=ParserMetrics(),
+    )
+    worker.start()
+    try:
+        await wait_until(lambda: sum(store.bulks) == 1000 and worker.held_bytes == 0,
+                         "every record indexed (a bulk held back for the linger?)", timeout=120)
+    finally:
+        await worker.stop(10)
+    assert sum(store.bulks) == 1000
+    assert max(store.bulks) <= 10 * 5, store.bulks

@@ -243,8 +243,7 @@ class Worker:
         delivery = self._decoder.decode(kind, message)
         self._channel_acks(delivery.channel).received(delivery.tag)
         metrics = self._metrics
-        metrics.messages_in.labels(kind).inc()
-        metrics.records_in.labels(kind).inc(delivery.count)
+        metrics.received(kind, delivery.count)
         metrics.inflight_messages += 1
         size = len(delivery.body)
         self.held_bytes += size
@@ -254,7 +253,11 @@ class Worker:
         self._batch.append(delivery)
         self._batch_docs += len(delivery.actions)
         self._batch_bytes += sum(map(len, delivery.actions))
-        if self._batch_docs >= self._bulk_size or self._batch_bytes >= self._bulk_max_bytes:
+        # Half the prefetch window also seals: the broker sends nothing past the window
+        # until acks come back, so a bulk waiting out the linger with half of it would
+        # leave the parser idle (small messages were held to one bulk per linger).
+        if self._batch_docs >= self._bulk_size or self._batch_bytes >= self._bulk_max_bytes \
+                or len(self._batch) * 2 >= self._qos:
             self._seal()
         else:
             self._check_flow()
