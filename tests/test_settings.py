@@ -159,3 +159,24 @@ def test_every_service_refuses_the_kinds_the_protocol_refuses(
     cls = getattr(importlib.import_module(module_name), name)
     with pytest.raises(ConfigError, match="kinds"):
         load(cls, argparse.Namespace(), environ={"SLUICE_KINDS": kinds})
+
+
+@pytest.mark.parametrize("settings_class", [
+    "sluice.server.settings:ServerSettings", "sluice.parser.settings:ParserSettings",
+])
+@pytest.mark.parametrize("port", ["-2", "65536"])
+def test_the_ops_port_is_off_any_or_a_port(settings_class: str, port: str) -> None:
+    module_name, _, name = settings_class.partition(":")
+    cls = getattr(importlib.import_module(module_name), name)
+    assert load(cls, argparse.Namespace(), environ={"SLUICE_HTTP_PORT": "-1"}).http_port == -1
+    with pytest.raises(ConfigError, match="http_port"):
+        load(cls, argparse.Namespace(), environ={"SLUICE_HTTP_PORT": port})
+
+
+@pytest.mark.parametrize("command", ["api", "deadletters"])
+def test_services_without_a_side_port_take_no_ops_port_flag(command: str) -> None:
+    # The API serves /healthz, /readyz and /metrics on its own --port; deadletters serves none.
+    from sluice.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--http-port", "9000"] + (["list"] if command == "deadletters" else []))

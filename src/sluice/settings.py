@@ -39,12 +39,15 @@ __all__ = [
     "ENV_PREFIX",
     "BrokerSettings",
     "CommonSettings",
+    "OpsSettings",
     "Seconds",
     "StoreSettings",
     "add_arguments",
+    "base_type",
     "check_kinds",
     "describe",
     "env_name",
+    "field_hints",
     "load",
     "mask_url",
     "mask_urls",
@@ -86,6 +89,19 @@ class CommonSettings:
 
 
 @dataclass(frozen=True)
+class OpsSettings(CommonSettings):
+    """Settings of services that serve their ops endpoints on a port of their own (the
+    server and the parser; the API serves them on its own port)."""
+
+    http_port: int = option(8080, "HTTP port for /healthz, /readyz and /metrics (0 = any free port, -1 = off)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not -1 <= self.http_port <= 65535:
+            raise ConfigError(f"http_port must be -1 (off), 0 (any free port) or a port, not {self.http_port}")
+
+
+@dataclass(frozen=True)
 class BrokerSettings(CommonSettings):
     """Settings of services that talk to RabbitMQ."""
 
@@ -97,7 +113,6 @@ class BrokerSettings(CommonSettings):
     namespace: str = option(
         "sluice", "prefix of every exchange and queue name (exchange <namespace>.ingest)"
     )
-    http_port: int = option(8080, "HTTP port for /healthz, /readyz and /metrics (0 = any free port, -1 = off)")
     delivery_limit: int = option(
         20, "deliveries of one raw message before RabbitMQ dead-letters it; servers and "
         "parsers must agree, since it is part of the queue declaration"
@@ -176,11 +191,12 @@ def _flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def field_hints(cls: type) -> dict[str, Any]:
+    """The resolved type of each field of a settings class."""
     return typing.get_type_hints(cls, globalns=vars(sys.modules[cls.__module__]))
 
 
-def _base_type(hint: Any) -> Any:
+def base_type(hint: Any) -> Any:
     """``Optional[X]`` -> X; other hints unchanged."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) is typing.Union and type(None) in args:
@@ -190,7 +206,7 @@ def _base_type(hint: Any) -> Any:
 
 
 def _parse(raw: str, hint: Any, name: str) -> Any:
-    target = _base_type(hint)
+    target = base_type(hint)
     try:
         if target is bool:
             lowered = raw.strip().lower()
@@ -214,9 +230,9 @@ def _parse(raw: str, hint: Any, name: str) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type[CommonSettings]) -> None:
     """Add one flag per settings field; flags default to None so unset ones fall through."""
-    hints = _hints(cls)
+    hints = field_hints(cls)
     for f in dataclasses.fields(cls):
-        hint = _base_type(hints[f.name])
+        hint = base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = ",".join(default) if isinstance(default, tuple) else default
         help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}; default {shown!r}]"
@@ -254,7 +270,7 @@ def load(
 ) -> S:
     """Build settings: defaults, then environment (or ``_FILE``), then flags that were given."""
     environ = os.environ if environ is None else environ
-    hints = _hints(cls)
+    hints = field_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         given = getattr(args, f.name, None) if args is not None else None

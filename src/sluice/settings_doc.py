@@ -17,16 +17,26 @@ import importlib
 import sys
 import typing
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from .cli import COMMANDS, build_parser
-from .settings import BrokerSettings, CommonSettings, Seconds, StoreSettings, _base_type, _hints, env_name
+from .cli import COMMANDS
+from .settings import (
+    BrokerSettings,
+    CommonSettings,
+    OpsSettings,
+    Seconds,
+    StoreSettings,
+    base_type,
+    env_name,
+    field_hints,
+)
 
-__all__ = ["DOC_PATH", "REGENERATE", "cli_flags", "render", "settings_class"]
+__all__ = ["DOC_PATH", "REGENERATE", "command_flags", "render", "settings_class"]
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 REGENERATE = "python -m sluice.settings_doc --write"
-_SHARED = (CommonSettings, BrokerSettings, StoreSettings)
+_SHARED = (CommonSettings, BrokerSettings, OpsSettings, StoreSettings)
 
 
 def settings_class(module_name: str) -> type[CommonSettings]:
@@ -46,16 +56,24 @@ def settings_class(module_name: str) -> type[CommonSettings]:
     return found.pop()
 
 
-def cli_flags(parser: argparse.ArgumentParser, where: str = "") -> list[tuple[str, argparse.Action]]:
-    """Every ``--flag`` action of ``parser`` and of its sub-commands, with the sub-command's
-    name ("" for the parser itself); ``--help`` and the ``--no-`` halves left out."""
+def command_flags(module: ModuleType) -> list[tuple[str, argparse.Action]]:
+    """Every ``--flag`` that a command module's ``add_arguments`` adds, with the name of
+    the sub-command it belongs to ("" for the command itself); ``--help`` left out.
+
+    argparse has no public way to list a parser's flags, so the command builds its flags
+    on a parser that keeps what each ``add_argument`` returns. Sub-command parsers are made
+    of the same class (argparse's documented default for ``add_subparsers``)."""
     found: list[tuple[str, argparse.Action]] = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                found += cli_flags(sub, f"{where} {name}".strip())
-        elif any(o.startswith("--") for o in action.option_strings) and "--help" not in action.option_strings:
-            found.append((where, action))
+
+    class Recorder(argparse.ArgumentParser):
+        def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+            action = super().add_argument(*args, **kwargs)
+            if any(o.startswith("--") for o in action.option_strings) \
+                    and "--help" not in action.option_strings:
+                found.append((self.prog.partition(" ")[2], action))
+            return action
+
+    module.add_arguments(Recorder(prog="command"))
     return found
 
 
@@ -119,16 +137,15 @@ def render() -> str:
         "logs at start.",
         "",
     ]
-    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
     for command, module_name in COMMANDS.items():
         cls = settings_class(module_name)
         module = importlib.import_module(module_name)
-        hints = _hints(cls)
+        hints = field_hints(cls)
         out += [f"## `sluice {command}`", "", _cell(getattr(module, "HELP", "")), "",
                 "| Flag | Environment variable | Type | Default | Meaning |",
                 "| --- | --- | --- | --- | --- |"]
         for f in dataclasses.fields(cls):
-            kind = _base_type(hints[f.name])
+            kind = base_type(hints[f.name])
             flag = "--" + f.name.replace("_", "-")
             meaning = f.metadata.get("help", "")
             if f.metadata.get("secret"):
@@ -139,7 +156,7 @@ def render() -> str:
         # environment variable.
         declared = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(cls)}
         extra: dict[str, list[tuple[str, argparse.Action]]] = {}
-        for where, action in cli_flags(subparsers.choices[command]):  # type: ignore[index]
+        for where, action in command_flags(module):
             flag = next(o for o in action.option_strings if o.startswith("--"))
             if flag not in declared:
                 extra.setdefault(flag, []).append((where, action))

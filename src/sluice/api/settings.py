@@ -18,9 +18,6 @@ class ApiSettings(BrokerSettings, StoreSettings):
 
     host: str = option("0.0.0.0", "address to listen on")
     port: int = option(8000, "port of the API, the dashboard, /healthz, /readyz and /metrics")
-    # Inherited from BrokerSettings, kept so the flag stays accepted: the API mounts the ops
-    # endpoints (sluice.ops) on its own app, on --port, and opens no side port.
-    http_port: int = option(-1, "unused by the API: /healthz, /readyz and /metrics are on --port")
     kinds: tuple[str, ...] = option(
         ("measurement",), "record kinds whose indices are queried and whose queues are reported"
     )

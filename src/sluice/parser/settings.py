@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..es import index_name
-from ..settings import BrokerSettings, StoreSettings, check_kinds, option
+from ..settings import BrokerSettings, OpsSettings, StoreSettings, check_kinds, option
 
 __all__ = ["ParserSettings"]
 
 
 @dataclass(frozen=True)
-class ParserSettings(BrokerSettings, StoreSettings):
+class ParserSettings(OpsSettings, BrokerSettings, StoreSettings):
     host: str = option("0.0.0.0", "address the HTTP side port (/healthz, /readyz, /metrics) "
                                   "listens on")
     kinds: tuple[str, ...] = option(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..protocol import DEFAULT_MAX_FRAME
-from ..settings import BrokerSettings, check_kinds, option
+from ..settings import BrokerSettings, OpsSettings, check_kinds, option
 
 __all__ = ["DEFAULT_MAX_INFLIGHT_BYTES", "ServerSettings"]
 
@@ -16,7 +16,7 @@ DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class ServerSettings(BrokerSettings):
+class ServerSettings(OpsSettings, BrokerSettings):
     host: str = option("0.0.0.0", "address to listen on (ingest TCP and the HTTP side port)")
     port: int = option(7000, "TCP port for client connections (0 = any free port)")
     kinds: tuple[str, ...] = option(
