@@ -38,11 +38,13 @@ class _Service:
 
     name = "fake"
 
-    def __init__(self, failure: Optional[BaseException] = None) -> None:
+    def __init__(self, failure: Optional[BaseException] = None, *, finishes: bool = False) -> None:
         self.calls: list[str] = []
         self.failed = asyncio.Event()
+        self.done = asyncio.Event()
         self.started = asyncio.Event()
         self._failure = failure
+        self._finishes = finishes
 
     @property
     def failure(self) -> Optional[BaseException]:
@@ -53,6 +55,8 @@ class _Service:
         self.started.set()
         if self._failure is not None:
             self.failed.set()
+        if self._finishes:
+            asyncio.get_running_loop().call_later(0.05, self.done.set)
 
     async def shutdown(self) -> dict[str, Any]:
         self.calls.append("shutdown")
@@ -81,3 +85,10 @@ async def test_a_service_that_fails_for_good_is_closed_with_its_exit_status(
     service = _Service(failure)
     assert await asyncio.wait_for(serve_until_signal(service), 30) == status
     assert service.calls == ["start", "close"]  # no drain: it never ran
+
+
+async def test_a_service_that_finishes_by_itself_is_shut_down_without_a_signal() -> None:
+    # The client's shape: its input ends, and it drains and closes like a stopped service.
+    service = _Service(finishes=True)
+    assert await asyncio.wait_for(serve_until_signal(service), 30) == 0
+    assert service.calls == ["start", "shutdown", "close"]

@@ -6,6 +6,7 @@ The tree, so callers know what to catch::
     ├── ConfigError            bad settings or an unknown plugin name; stops startup
     ├── TlsError               a TLS failure no retry can fix (unknown CA, wrong name, expired)
     ├── ProtocolError          a peer broke wire protocol v1 (carries the error ``code``)
+    ├── ClientRefused          the server refused a client for good (TLS or authentication)
     ├── RecordError            one record was rejected by a parser (carries ``reason``)
     ├── BrokerError            RabbitMQ trouble
     │   ├── BrokerUnavailable  no usable link right now; retry later
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "BrokerUnavailable",
+    "ClientRefused",
     "ConfigError",
     "IndexingError",
     "ProtocolError",
@@ -57,6 +59,11 @@ class ProtocolError(SluiceError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class ClientRefused(SluiceError):
+    """The server refused this client for a reason no retry fixes: TLS verification or
+    authentication failed. The message is what the client's streams were told."""
 
 
 class RecordError(SluiceError):

@@ -3,10 +3,11 @@
 Nothing in sluice is fire-and-forget: every background task belongs to a
 :class:`TaskOwner`, which cancels and awaits whatever is still running on ``close()``.
 
-Every long-running service (server, parser, API) has one shape, :class:`Service`: built
+Every service (server, parser, API and client) has one shape, :class:`Service`: built
 from its settings object, ``start()``, a graceful ``shutdown()``, an immediate ``close()``,
-and a ``failed`` event for a fault no retry can fix. :func:`serve_until_signal` runs any of
-them until SIGTERM or SIGINT; each command's ``main()`` is :func:`run_until_signal`.
+a ``failed`` event for a fault no retry can fix, and a ``done`` event for a service that
+finishes its work by itself (the client). :func:`serve_until_signal` runs any of them
+until SIGTERM or SIGINT; each command's ``main()`` is :func:`run_until_signal`.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class Service(Protocol):
     timeout) and ``close()`` (release everything at once; safe after ``shutdown()`` and
     after a failed ``start()``). ``failed`` is set when the service cannot go on for a
     reason no retry fixes (a queue declared with other arguments, a template refused);
-    the error is then in ``failure``."""
+    the error is then in ``failure``. ``done`` is set when the service has finished by
+    itself (a client whose input is all sent); the long-running services never set it."""
 
     @property
     def name(self) -> str:
@@ -129,6 +131,9 @@ class Service(Protocol):
 
     @property
     def failed(self) -> asyncio.Event: ...
+
+    @property
+    def done(self) -> asyncio.Event: ...
 
     @property
     def failure(self) -> Optional[BaseException]: ...
@@ -142,18 +147,20 @@ class Service(Protocol):
 
 
 async def serve_until_signal(service: Service) -> int:
-    """Start ``service``, run it until SIGTERM/SIGINT or its ``failed`` event, then shut it
-    down gracefully; the exit status: 0, 2 for a configuration fault (ConfigError), else 1."""
+    """Start ``service``, run it until SIGTERM/SIGINT, its ``failed`` event or its ``done``
+    event, then shut it down gracefully; the exit status: 0, 2 for a configuration fault
+    (ConfigError), else 1."""
     stop = asyncio.Event()
     remove_handlers = stop_on_signals(stop)
     try:
         await service.start()
-        await wait_any(stop, service.failed)
+        await wait_any(stop, service.failed, service.done)
         failure = service.failure
         if failure is not None:
             log.error(f"{service.name}_cannot_start", error=str(failure))
             return 2 if isinstance(failure, ConfigError) else 1
-        log.info(f"{service.name}_stopping")
+        if not service.done.is_set():
+            log.info(f"{service.name}_stopping")
         outcome = await service.shutdown()
     finally:
         remove_handlers()

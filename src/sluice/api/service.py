@@ -30,6 +30,8 @@ class ApiService:
         self._runner: Optional[web.AppRunner] = None
         #: never set: the API answers 503 while a dependency is away and waits it out
         self.failed = asyncio.Event()
+        #: never set: the API serves until it is stopped
+        self.done = asyncio.Event()
         #: the bound port (useful with port 0); None until started
         self.port: Optional[int] = None
 

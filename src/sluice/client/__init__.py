@@ -4,7 +4,8 @@
 - :mod:`.stream`: one persistent connection: pipelining, acks, resends, splitting
 - :mod:`.feed`, :mod:`.batch`: the batches between the two
 - :mod:`.report`: counters, the progress line, the summary and the exit status
-- :mod:`.runner`: puts them together; :mod:`.settings`: the settings; :mod:`.main`: the command
+- :mod:`.runner`: ``ClientService`` puts them together; :mod:`.settings`: the settings;
+  :mod:`.main`: the command
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..lifecycle import run_service
+from ..lifecycle import run_until_signal
 from ..logs import configure_logging, get_logger
 from ..settings import add_arguments as add_settings_arguments
 from ..settings import describe, load
-from .report import Summary, exit_status, render_text
-from .runner import run
+from .report import exit_status, render_text
+from .runner import ClientService
 from .settings import ClientSettings
 
 __all__ = ["HELP", "add_arguments", "main"]
@@ -37,13 +37,14 @@ def main(args: argparse.Namespace) -> int:
     settings = load(ClientSettings, args)
     configure_logging("client", settings.instance_id, settings.log_level)
     log.info("client_starting", settings=describe(settings))
-    summaries: list[Summary] = []
+    services: list[ClientService] = []
 
-    async def go() -> int:
-        summaries.append(await run(settings))
-        return 0
+    def build() -> ClientService:
+        services.append(ClientService(settings))
+        return services[0]
 
-    run_service(go)
-    summary = summaries[0]
+    # Its own exit status, from the summary, says more than the service's 0 or 1.
+    run_until_signal(build)
+    summary = services[0].summary()
     print(summary.to_json() if settings.json else render_text(summary), file=sys.stdout, flush=True)
     return exit_status(summary)

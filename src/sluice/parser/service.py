@@ -89,6 +89,8 @@ class ParserService:
         #: set when the service cannot go on: the broker link failed for good, or
         #: Elasticsearch refused the index template
         self.failed = asyncio.Event()
+        #: never set: a parser consumes until it is stopped
+        self.done = asyncio.Event()
         self._failure: Optional[BaseException] = None
 
     @property

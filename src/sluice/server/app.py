@@ -92,6 +92,8 @@ class IngestServer:
         #: bound ports (useful with port 0); None until started
         self.port: Optional[int] = None
         self.http_port: Optional[int] = None
+        #: never set: a server serves until it is stopped
+        self.done = asyncio.Event()
 
     @property
     def failed(self) -> asyncio.Event:
