@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sluice.cli import build_parser
 from sluice.errors import ConfigError
 from sluice.settings import (
     BrokerSettings,
@@ -176,7 +177,5 @@ def test_the_ops_port_is_off_any_or_a_port(settings_class: str, port: str) -> No
 @pytest.mark.parametrize("command", ["api", "deadletters"])
 def test_services_without_a_side_port_take_no_ops_port_flag(command: str) -> None:
     # The API serves /healthz, /readyz and /metrics on its own --port; deadletters serves none.
-    from sluice.cli import build_parser
-
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--http-port", "9000"] + (["list"] if command == "deadletters" else []))

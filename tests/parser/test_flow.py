@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import aiormq
 import msgpack
@@ -45,6 +46,28 @@ class CountingStore:
         return BulkOutcome(indexed=len(actions))
 
 
+async def publish(amqp_url: str, topology: Topology, messages: list[list[dict[str, Any]]]) -> None:
+    connection = await aiormq.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await topology.declare(channel, ["measurement"])
+        for records in messages:
+            await channel.basic_publish(msgpack.packb(records), exchange=topology.exchange,
+                                        routing_key=topology.routing_key("measurement"))
+    finally:
+        await connection.close()
+
+
+def make_worker(settings: ParserSettings, topology: Topology, store: object) -> Worker:
+    """A worker of the measurement parser that indexes into ``store``."""
+    return Worker(
+        settings, topology=topology,
+        decoder=MessageDecoder("px", {"measurement": build_chain(["measurement"])}),
+        indexer=store,  # type: ignore[arg-type]
+        dead_letters=DeadLetterPublisher(topology, "test"), metrics=ParserMetrics(),
+    )
+
+
 async def wait_until(condition: object, what: str, timeout: float = 60) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -63,26 +86,13 @@ async def test_prefetch_is_bounded_in_bytes_and_the_sealed_queue_in_bulks(
     topology = Topology(namespace)
     messages = [make_records(100, start=i * 100) for i in range(200)]
     size = len(msgpack.packb(messages[0]))
-    connection = await aiormq.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        await topology.declare(channel, ["measurement"])
-        for records in messages:
-            await channel.basic_publish(msgpack.packb(records), exchange=topology.exchange,
-                                        routing_key=topology.routing_key("measurement"))
-    finally:
-        await connection.close()
+    await publish(amqp_url, topology, messages)
 
     store = GatedStore()
     prefetch_bytes = 100_000
     settings = ParserSettings(amqp_url=amqp_url, kinds=("measurement",), prefetch=50,
                               prefetch_bytes=prefetch_bytes, bulk_size=300, bulk_concurrency=1)
-    worker = Worker(
-        settings, topology=topology,
-        decoder=MessageDecoder("px", {"measurement": build_chain(["measurement"])}),
-        indexer=store,  # type: ignore[arg-type]
-        dead_letters=DeadLetterPublisher(topology, "test"), metrics=ParserMetrics(),
-    )
+    worker = make_worker(settings, topology, store)
     worker.start()
     try:
         await wait_until(lambda: worker.paused and not worker._consumers, "the pause")
@@ -117,25 +127,12 @@ async def test_small_messages_are_sent_at_half_the_window_not_after_the_linger(
     long before any linger ends."""
     topology = Topology(namespace)
     messages = [make_records(5, start=i * 5) for i in range(200)]
-    connection = await aiormq.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        await topology.declare(channel, ["measurement"])
-        for records in messages:
-            await channel.basic_publish(msgpack.packb(records), exchange=topology.exchange,
-                                        routing_key=topology.routing_key("measurement"))
-    finally:
-        await connection.close()
+    await publish(amqp_url, topology, messages)
 
     store = CountingStore()
     settings = ParserSettings(amqp_url=amqp_url, kinds=("measurement",), prefetch=20,
                               bulk_size=5000, bulk_linger_ms=600_000)
-    worker = Worker(
-        settings, topology=topology,
-        decoder=MessageDecoder("px", {"measurement": build_chain(["measurement"])}),
-        indexer=store,  # type: ignore[arg-type]
-        dead_letters=DeadLetterPublisher(topology, "test"), metrics=ParserMetrics(),
-    )
+    worker = make_worker(settings, topology, store)
     worker.start()
     try:
         await wait_until(lambda: sum(store.bulks) == 1000 and worker.held_bytes == 0,
