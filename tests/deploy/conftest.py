@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.locks import engine_shared
 from tests.support.names import unique_name
 from tests.support.rabbitmq import free_port
 
@@ -37,9 +38,10 @@ def pipeline(request: pytest.FixtureRequest) -> Iterator[Pipeline]:
     )
     p = Pipeline(env)
     failed_before = request.session.testsfailed
-    try:
-        yield p
-    finally:
-        if request.session.testsfailed > failed_before:
-            p.report_failure(request.config)
-        p.run("down", "--volumes", check=False)
+    with engine_shared():
+        try:
+            yield p
+        finally:
+            if request.session.testsfailed > failed_before:
+                p.report_failure(request.config)
+            p.run("down", "--volumes", check=False)

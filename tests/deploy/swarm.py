@@ -2,15 +2,16 @@
 looking inside it: tasks, the RabbitMQ cluster, Elasticsearch, a streaming client.
 
 The Docker engine is shared by everyone on the machine and a swarm is machine-wide, so:
-every use holds ``/var/lock/sluice-swarm.lock`` (``flock``, the same lock as the shell's
-``flock /var/lock/sluice-swarm.lock``), initialises a swarm only when the engine has none and
-then leaves it at the end, never leaves a swarm it found, and names its stack uniquely.
+every use holds the swarm lock of ``tests/support/locks.py`` exclusively (``/var/lock/sluice-swarm.lock``,
+the same lock as the shell's ``flock``; compose deployments hold it shared, since a swarm's
+init and leave rework the engine's networks under them), initialises a swarm only when
+the engine has none and then leaves it at the end, never leaves a swarm it found, and
+names its stack uniquely.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -26,7 +27,6 @@ from tests.support.rabbitmq import free_port
 from .pipeline import ROOT, RUN, wait_for
 
 T = TypeVar("T")
-LOCK_PATH = "/var/lock/sluice-swarm.lock"
 RABBITMQ_NODES = ("rabbitmq1", "rabbitmq2", "rabbitmq3")
 RAW_QUEUE = "sluice.raw.measurement"
 
@@ -37,16 +37,6 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
         raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return proc.stdout
 
-
-
-@contextlib.contextmanager
-def swarm_lock() -> Iterator[None]:
-    with open(LOCK_PATH, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -44,6 +44,7 @@ import msgpack
 import pytest
 
 from sluice.client.sources import MeasurementGenerator
+from tests.support.locks import engine_shared
 from tests.support.rabbitmq import free_port
 
 from .pipeline import (
@@ -88,13 +89,28 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Pipeline]:
     )
     p = Pipeline(env)
     failed_before = request.session.testsfailed
-    try:
-        yield p
-    finally:
-        if request.session.testsfailed > failed_before:
-            p.report_failure(request.config)
-        p.run("down", "--volumes", check=False)
+    with engine_shared():
+        try:
+            yield p
+        finally:
+            if request.session.testsfailed > failed_before:
+                p.report_failure(request.config)
+            p.run("down", "--volumes", check=False)
 
+
+
+def docker_retrying(verb: str, container: str, tries: int = 5) -> None:
+    """``docker pause``/``unpause``, asked again when the engine fails it: on a loaded
+    machine runc can give up freezing a busy container's cgroup in time ("OCI runtime pause
+    failed: unable to freeze"), which says nothing about sluice."""
+    for attempt in range(1, tries + 1):
+        proc = subprocess.run(["docker", verb, container], capture_output=True, text=True,
+                              timeout=120)
+        if proc.returncode == 0:
+            return
+        if attempt == tries:
+            raise AssertionError(f"docker {verb} failed {tries} times: {proc.stderr.strip()}")
+        time.sleep(2)
 
 
 def sigkill_main_process(p: Pipeline, container: str) -> int:
@@ -259,11 +275,11 @@ def test_a_million_records_survive_crashes_a_broker_restart_and_a_store_pause(
                        timeout=300)
         wait_for(indexed_past(0.35), 900, "35% indexed after the RabbitMQ restart", 2)
         [store] = p.containers("elasticsearch")
-        subprocess.run(["docker", "pause", store], check=True, capture_output=True)
+        docker_retrying("pause", store)
         try:
             time.sleep(STORE_PAUSE)  # the fault itself lasts 30 s; nothing is timed here
         finally:
-            subprocess.run(["docker", "unpause", store], check=True, capture_output=True)
+            docker_retrying("unpause", store)
         streaming = [n for n in names if p.inspect(n)["State"]["Running"]]
         assert streaming, "the clients finished before the store pause: nothing was hurt"
 

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.locks import SWARM_LOCK, machine_lock
+
 from .pipeline import INSTALL_HINT, docker_problem, wait_for
 from .swarm import (
     RABBITMQ_NODES,
@@ -32,7 +34,6 @@ from .swarm import (
     StreamingClient,
     docker,
     single_node_swarm,
-    swarm_lock,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -45,7 +46,7 @@ def stack() -> Iterator[Stack]:
     problem = docker_problem()
     if problem:
         pytest.fail(f"{problem}; {INSTALL_HINT}", pytrace=False)
-    with swarm_lock(), single_node_swarm():
+    with machine_lock(SWARM_LOCK), single_node_swarm():
         s = Stack()
         try:
             yield s

@@ -34,6 +34,7 @@ from typing import Any, Optional
 import pytest
 
 from sluice.protocol import encode
+from tests.support.locks import engine_shared
 from tests.support.rabbitmq import free_port
 
 from .pipeline import (
@@ -134,11 +135,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
         ES_HEAP="512m",
     )
     stack = TlsStack(env, base / "secrets")
-    try:
-        stack.run("up", "--tls", timeout=420)
-        yield stack
-    finally:
-        stack.run("down", "--volumes", check=False, timeout=300)
+    with engine_shared():
+        try:
+            stack.run("up", "--tls", timeout=420)
+            yield stack
+        finally:
+            stack.run("down", "--volumes", check=False, timeout=300)
 
 
 def test_records_flow_exactly_once_over_tls(stack: TlsStack) -> None:

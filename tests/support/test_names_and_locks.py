@@ -51,3 +51,31 @@ def test_a_lock_held_by_another_process_is_waited_for_then_taken() -> None:
             holder.kill()
             holder.wait(30)
         os.unlink(path)
+
+
+def test_shared_holders_exclude_an_exclusive_one_and_not_each_other() -> None:
+    """Compose deployments (shared) run side by side; a swarm (exclusive) waits for them,
+    and they wait for it."""
+    name = unique_name("testlock")
+    path = lock_path(name)
+    reader = subprocess.Popen(["flock", "--shared", path, "sh", "-c", "echo held; read line"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        with reader:
+            assert reader.stdout is not None and reader.stdout.readline() == "held\n"
+            with machine_lock(name, timeout=5, shared=True):
+                pass
+            with pytest.raises(TimeoutError, match=path), machine_lock(name, timeout=0.5):
+                pass
+            assert reader.stdin is not None
+            reader.stdin.write("done\n")
+            reader.stdin.close()
+            assert reader.wait(30) == 0
+        with machine_lock(name, timeout=30):
+            probe = subprocess.run(["flock", "--shared", "--nonblock", path, "true"])
+            assert probe.returncode != 0, "a shared holder got in beside an exclusive one"
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait(30)
+        os.unlink(path)
