@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.locks import engine_shared
 from tests.support.names import unique_name
 from tests.support.rabbitmq import free_port
 
@@ -36,12 +35,5 @@ def pipeline(request: pytest.FixtureRequest) -> Iterator[Pipeline]:
         SLUICE_CLIENT_RESTART="no",
         ES_HEAP="512m",
     )
-    p = Pipeline(env)
-    failed_before = request.session.testsfailed
-    with engine_shared():
-        try:
-            yield p
-        finally:
-            if request.session.testsfailed > failed_before:
-                p.report_failure(request.config)
-            p.run("down", "--volumes", check=False)
+    with Pipeline(env).deployed(request) as p:
+        yield p

@@ -9,6 +9,7 @@ or missing images fail the test with instructions; they never skip it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,8 +17,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
+from tests.support.locks import engine_shared
 from tests.support.metrics import parse_metrics
 from tests.support.names import unique_name
 
@@ -168,6 +171,20 @@ class Pipeline:
                                   capture_output=True, text=True, timeout=120)
             parts.append(f"$ compose {' '.join(args)}\n{proc.stdout}{proc.stderr}")
         return "\n".join(parts)
+
+    @contextlib.contextmanager
+    def deployed(self, request: Any) -> Iterator[Pipeline]:
+        """A module fixture's whole deployment: it holds the engine shared (no swarm is made
+        or left meanwhile), reports the containers if a test of the module failed, and
+        always takes the project down."""
+        failed_before = request.session.testsfailed
+        with engine_shared():
+            try:
+                yield self
+            finally:
+                if request.session.testsfailed > failed_before:
+                    self.report_failure(request.config)
+                self.run("down", "--volumes", check=False)
 
     def report_failure(self, config: Any) -> None:
         """Print the diagnostics past pytest's capture (a module fixture's teardown output

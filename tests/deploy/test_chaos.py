@@ -44,7 +44,6 @@ import msgpack
 import pytest
 
 from sluice.client.sources import MeasurementGenerator
-from tests.support.locks import engine_shared
 from tests.support.rabbitmq import free_port
 
 from .pipeline import (
@@ -87,15 +86,8 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Pipeline]:
         SLUICE_CLIENT_RESTART="no",
         ES_HEAP="1g",
     )
-    p = Pipeline(env)
-    failed_before = request.session.testsfailed
-    with engine_shared():
-        try:
-            yield p
-        finally:
-            if request.session.testsfailed > failed_before:
-                p.report_failure(request.config)
-            p.run("down", "--volumes", check=False)
+    with Pipeline(env).deployed(request) as p:
+        yield p
 
 
 

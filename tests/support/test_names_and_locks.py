@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,27 +31,36 @@ def test_a_prefix_that_is_not_a_valid_name_everywhere_is_refused(prefix: str) ->
         unique_name(prefix)
 
 
-def test_a_lock_held_by_another_process_is_waited_for_then_taken() -> None:
-    """The lock is flock(2) on /var/lock/sluice-NAME.lock: the shell's flock(1) excludes it."""
-    name = unique_name("testlock")
-    path = lock_path(name)
-    holder = subprocess.Popen(["flock", path, "sh", "-c", "echo held; read line"],
+@contextlib.contextmanager
+def held_elsewhere(path: str, *flock_options: str) -> Iterator[None]:
+    """``flock(1)`` in another process holds ``path`` for the block, then lets go."""
+    holder = subprocess.Popen(["flock", *flock_options, path, "sh", "-c", "echo held; read line"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         with holder:
             assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-            with pytest.raises(TimeoutError, match=path), machine_lock(name, timeout=0.5):
-                pass
+            yield
             assert holder.stdin is not None
             holder.stdin.write("done\n")
             holder.stdin.close()
             assert holder.wait(30) == 0
-        with machine_lock(name, timeout=30), open(path) as f:
-            assert f.read().strip() == str(os.getpid())
     finally:
         if holder.poll() is None:
             holder.kill()
             holder.wait(30)
+
+
+def test_a_lock_held_by_another_process_is_waited_for_then_taken() -> None:
+    """The lock is flock(2) on /var/lock/sluice-NAME.lock: the shell's flock(1) excludes it."""
+    name = unique_name("testlock")
+    path = lock_path(name)
+    try:
+        with held_elsewhere(path), pytest.raises(TimeoutError, match=path), \
+                machine_lock(name, timeout=0.5):
+            pass
+        with machine_lock(name, timeout=30), open(path) as f:
+            assert f.read().strip() == str(os.getpid())
+    finally:
         os.unlink(path)
 
 
@@ -58,24 +69,14 @@ def test_shared_holders_exclude_an_exclusive_one_and_not_each_other() -> None:
     and they wait for it."""
     name = unique_name("testlock")
     path = lock_path(name)
-    reader = subprocess.Popen(["flock", "--shared", path, "sh", "-c", "echo held; read line"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        with reader:
-            assert reader.stdout is not None and reader.stdout.readline() == "held\n"
+        with held_elsewhere(path, "--shared"):
             with machine_lock(name, timeout=5, shared=True):
                 pass
             with pytest.raises(TimeoutError, match=path), machine_lock(name, timeout=0.5):
                 pass
-            assert reader.stdin is not None
-            reader.stdin.write("done\n")
-            reader.stdin.close()
-            assert reader.wait(30) == 0
         with machine_lock(name, timeout=30):
             probe = subprocess.run(["flock", "--shared", "--nonblock", path, "true"])
             assert probe.returncode != 0, "a shared holder got in beside an exclusive one"
     finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait(30)
         os.unlink(path)
