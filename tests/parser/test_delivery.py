@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import msgpack
+import pytest
 import orjson
 
 from sluice.es import index_name
@@ -129,3 +130,60 @@ def test_a_window_side_of_zero_is_unbounded() -> None:
     records = [base | {"id": "epoch", "ts": 0}, base | {"id": "far", "ts": 253402300799999}]
     delivery = window_decoder.decode("measurement", message(msgpack.packb(records)))
     assert (delivery.positions, delivery.letters) == ([0, 1], [])
+
+
+def without_fast_path(chain: Any, encode_batch: Any = None) -> Any:
+    """``chain`` with its ``encode_batch`` removed, or replaced by ``encode_batch``."""
+    return SimpleNamespace(names=chain.names, accepts=chain.accepts, parse=chain.parse,
+                           encode_batch=encode_batch)
+
+
+def comparable(actions: list[bytes]) -> list[tuple[Any, Any]]:
+    """Each action's two lines, decoded; ``ingested_at`` (the clock) left out."""
+    out = []
+    for action in actions:
+        head, source, _ = action.split(b"\n")
+        doc = orjson.loads(source)
+        doc.pop("ingested_at")
+        out.append((orjson.loads(head), doc))
+    return out
+
+
+def test_the_fast_path_makes_what_parse_makes_across_days() -> None:
+    day = 86_400_000
+    records = [r | {"ts": 1_760_000_000_000 + k * day // 3} for k, r in enumerate(make_records(9))]
+    body = msgpack.packb(records)
+    chain = build_chain(["measurement"])
+    assert chain.encode_batch is not None and chain.encode_batch(body) is not None
+    fast = MessageDecoder("px", {"measurement": chain}).decode("measurement", message(body))
+    slow = MessageDecoder("px", {"measurement": without_fast_path(chain)}).decode(
+        "measurement", message(body))
+    assert fast.positions == slow.positions == list(range(9))
+    assert comparable(fast.actions) == comparable(slow.actions)
+    assert len({head["create"]["_index"] for head, _ in comparable(fast.actions)}) == 4
+
+
+CORRUPTIONS = {
+    "pairs": lambda encoded: [(doc_id, ts) for doc_id, ts, _ in encoded],
+    "text_source": lambda encoded: [(i, ts, s.decode()) for i, ts, s in encoded],
+    "bool_ts": lambda encoded: [(i, True, s) for i, _, s in encoded],
+    "float_ts": lambda encoded: [(i, float(ts), s) for i, ts, s in encoded],
+    "empty_id": lambda encoded: [("", ts, s) for _, ts, s in encoded],
+    "long_id": lambda encoded: [("x" * 600, ts, s) for _, ts, s in encoded],
+    "bytes_id": lambda encoded: [(i.encode(), ts, s) for i, ts, s in encoded],
+    "not_a_list": lambda encoded: 5,
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_an_encode_batch_out_of_its_contract_leaves_the_message_to_parse(corrupt: Any) -> None:
+    records = make_records(6)
+    body = msgpack.packb(records)
+    chain = build_chain(["measurement"])
+    broken = without_fast_path(chain, lambda payload: corrupt(chain.encode_batch(payload)))
+    delivery = MessageDecoder("px", {"measurement": broken}).decode("measurement", message(body))
+    slow = MessageDecoder("px", {"measurement": without_fast_path(chain)}).decode(
+        "measurement", message(body))
+    assert (delivery.positions, delivery.letters) == (list(range(6)), [])
+    assert comparable(delivery.actions) == comparable(slow.actions)
+    assert [doc["id"] for _, doc in comparable(delivery.actions)] == [r["id"] for r in records]

@@ -15,9 +15,12 @@ def answer(statuses: list[int], errors: bool) -> bytes:
     return orjson.dumps({"errors": errors, "items": items})
 
 
+@pytest.mark.parametrize("took", [False, True], ids=["filtered", "with_took"])
 @pytest.mark.parametrize("count", [0, 1, 5000])
-def test_an_all_good_bulk_answer_keeps_errors_and_the_item_count(count: int) -> None:
+def test_an_all_good_bulk_answer_keeps_errors_and_the_item_count(count: int, took: bool) -> None:
     data = answer([201] * count, errors=False)
+    if took:  # a store that ignores filter_path answers ``took`` first
+        data = b'{"took":37,' + data[1:]
     got = AnswerSerializer().loads(data)
     assert got["errors"] is False
     assert len(got["items"]) == count
@@ -27,7 +30,9 @@ def test_an_all_good_bulk_answer_keeps_errors_and_the_item_count(count: int) -> 
 @pytest.mark.parametrize("data", [
     answer([201, 409, 400], errors=True),
     answer([201], errors=True),
-    b'{"took":3,"errors":false,"items":[{"create":{"status":201}}]}',
+    b'{"took":3,"errors":true,"items":[{"create":{"status":201}}]}',
+    b'{"took":"3","errors":false,"items":[{"create":{"status":201}}]}',
+    b'{"took":3,"timed_out":false,"errors":false,"items":[]}',
     b'{"acknowledged":true}',
     b'{"errors":false,"items":[{"create":{"status":201}}]} ',
 ], ids=repr)
@@ -35,9 +40,13 @@ def test_any_other_answer_is_decoded_in_full(data: bytes) -> None:
     assert AnswerSerializer().loads(data) == orjson.loads(data)
 
 
-def test_a_body_that_is_not_json_is_still_an_error() -> None:
+@pytest.mark.parametrize("data", [
+    b'{"errors":false,"items":[<html>]}x',
+    b'{"took":,"errors":false,"items":[]}',
+], ids=repr)
+def test_a_body_that_is_not_json_is_still_an_error(data: bytes) -> None:
     with pytest.raises(SerializationError):
-        AnswerSerializer().loads(b'{"errors":false,"items":[<html>]}x')
+        AnswerSerializer().loads(data)
 
 
 def test_ready_ndjson_bytes_are_sent_as_they_are() -> None:
