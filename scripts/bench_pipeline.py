@@ -17,7 +17,9 @@
 Both rates are N / (last bulk's arrival - first record's ``ts``), read from the data by
 the endpoint, so they are measured the same way. Prints records/s, the client's ack
 latency, record-to-stored latency p50/p99 (sampled: three documents per bulk, weighted by
-the bulk's size) and the ratio sluice/rsyslog. Targets: ratio >= 1.0 with one parser;
+the bulk's size), CPU microseconds per record of every process on the path (the broker's
+when it is one local node; the endpoint's; rsyslog's feeder, this process) and the ratio
+sluice/rsyslog. Targets: ratio >= 1.0 with one parser;
 record-to-stored p99 < 2 s at half the maximum rate (``--rate``). A benchmark, not a
 test: it prints what it measured and exits 0 unless something broke.
 
@@ -241,6 +243,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def broker_pid() -> int | None:
+    """The local RabbitMQ node's pid (its Erlang VM, ``beam.smp``), when there is one."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == "beam.smp":
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found[0] if len(found) == 1 else None
+
+
 class Client:
     """The ``sluice client`` process, reaped here with ``wait4`` to learn its CPU time."""
 
@@ -301,7 +317,8 @@ async def wait_ready(http_port: int, proc: subprocess.Popen[Any], log: str) -> N
     raise SystemExit(f"never ready:\n{read_text(log)[-3000:]}")
 
 
-async def run_sluice(args: argparse.Namespace, endpoint: int, workdir: str) -> dict[str, Any]:
+async def run_sluice(args: argparse.Namespace, endpoint: int, endpoint_pid: int,
+                     workdir: str) -> dict[str, Any]:
     from sluice.topology import Topology
 
     namespace = f"pipe{uuid.uuid4().hex[:10]}"
@@ -323,6 +340,10 @@ async def run_sluice(args: argparse.Namespace, endpoint: int, workdir: str) -> d
             procs.append(parser)
             await wait_ready(http_k, parser, log_k)
         await get_json(endpoint, "/_bench/reset")
+        broker = broker_pid()
+        others = {"endpoint": endpoint_pid} if broker is None else {"broker": broker,
+                                                                    "endpoint": endpoint_pid}
+        others_before = {name: cpu_seconds(pid) for name, pid in others.items()}
         cpu_before = {p.pid: cpu_seconds(p.pid) for p in procs}
         client = Client(spawn(
             [sys.executable, "-m", "sluice", "client", "--target", f"127.0.0.1:{port}", "--json",
@@ -332,6 +353,8 @@ async def run_sluice(args: argparse.Namespace, endpoint: int, workdir: str) -> d
         stats = await wait_for_docs(endpoint, args.records, args.timeout, [*procs, client], "sluice")
         stats["cpu"] = {"server": cpu_seconds(server.pid) - cpu_before[server.pid],
                         "parsers": sum(cpu_seconds(p.pid) - cpu_before[p.pid] for p in procs[1:])}
+        stats["cpu"].update({name: cpu_seconds(pid) - others_before[name]
+                             for name, pid in others.items()})
         out, err, status = await asyncio.to_thread(client.finish)
         stats["cpu"]["client"] = client.cpu
         if status != 0:
@@ -392,7 +415,7 @@ async def feed(port: int, pieces: list[bytes], rate: float, chunk: int = 2000) -
     await writer.wait_closed()
 
 
-async def run_rsyslog(args: argparse.Namespace, binary: str, endpoint: int,
+async def run_rsyslog(args: argparse.Namespace, binary: str, endpoint: int, endpoint_pid: int,
                       workdir: str) -> dict[str, Any]:
     spool = os.path.join(workdir, "rsyslog")
     os.makedirs(spool, exist_ok=True)
@@ -412,10 +435,13 @@ async def run_rsyslog(args: argparse.Namespace, binary: str, endpoint: int,
                     raise SystemExit(f"rsyslogd exited:\n{read_text(log)}") from None
                 await asyncio.sleep(0.1)
         await get_json(endpoint, "/_bench/reset")
-        before = cpu_seconds(proc.pid)
+        before, endpoint_before = cpu_seconds(proc.pid), cpu_seconds(endpoint_pid)
+        feeder_before = time.process_time()
         await feed(port, pieces, args.rate)
+        feeder = time.process_time() - feeder_before
         stats = await wait_for_docs(endpoint, args.records, args.timeout, [proc], "rsyslog")
-        stats["cpu"] = {"rsyslogd": cpu_seconds(proc.pid) - before}
+        stats["cpu"] = {"rsyslogd": cpu_seconds(proc.pid) - before,
+                        "endpoint": cpu_seconds(endpoint_pid) - endpoint_before, "feeder": feeder}
         return stats
     finally:
         stop([proc])
@@ -431,6 +457,7 @@ def rate_of(stats: dict[str, Any], n: int) -> float:
 def describe(name: str, stats: dict[str, Any], n: int) -> str:
     latency = stats.get("latency", {})
     cpu = ", ".join(f"{stage} {seconds / n * 1e6:.1f}" for stage, seconds in stats["cpu"].items())
+    cpu += f"; all {sum(stats['cpu'].values()) / n * 1e6:.1f}"
     return (f"{name:8s} {rate_of(stats, n):>10,.0f} records/s   record-to-stored p50 "
             f"{latency.get('p50', float('nan')):,.0f} ms, p99 {latency.get('p99', float('nan')):,.0f} ms"
             f"   ({stats['docs']} documents in {stats['bulks']} bulks)\n"
@@ -446,8 +473,8 @@ async def bench(args: argparse.Namespace) -> int:
     try:
         assert endpoint.stdout is not None
         port = int(json.loads(endpoint.stdout.readline())["port"])
-        sluice = await run_sluice(args, port, workdir)
-        rsyslog = await run_rsyslog(args, binary, port, workdir) if binary else None
+        sluice = await run_sluice(args, port, endpoint.pid, workdir)
+        rsyslog = await run_rsyslog(args, binary, port, endpoint.pid, workdir) if binary else None
     finally:
         stop([endpoint])
     client = sluice["client"]
