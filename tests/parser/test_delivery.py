@@ -6,8 +6,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import msgpack
-import pytest
 import orjson
+import pytest
 
 from sluice.es import index_name
 from sluice.parser.deadletter import POISON
