@@ -17,6 +17,9 @@
 5. In this process, the AMQP floor: the same messages consumed with aiormq and acked
    (``multiple``, every 100) without looking at them. With small messages (``--batch 5``)
    the parser can be no faster than this, whatever it does per record.
+6. The broker floor: the same again, drained by ``scripts/rawamqp.py``, which parses the
+   frames with ``struct`` and builds nothing per message: what RabbitMQ can deliver to one
+   consumer here, so that the AMQP client's share of the floor above shows.
 
 Prints the rates (records/s, and messages/s) and the ratio to the naive baseline.
 Targets: >= 250,000 records/s per process and >= 20x naive.
@@ -277,6 +280,26 @@ async def run_floor(args: argparse.Namespace, records: list[dict[str, Any]]) -> 
     return messages / elapsed
 
 
+async def run_broker_floor(args: argparse.Namespace, records: list[dict[str, Any]]) -> float:
+    """Messages/s to a consumer with no AMQP library (:mod:`rawamqp`): the broker's own
+    ceiling for one consumer here, acked the same way as the aiormq floor."""
+    from rawamqp import drain
+
+    from sluice.topology import Topology
+
+    namespace = f"benchwire{uuid.uuid4().hex[:8]}"
+    try:
+        messages = await fill_queue(args.amqp_url, namespace, records, args.batch)
+        elapsed, cpu = await asyncio.wait_for(drain(
+            args.amqp_url, Topology(namespace).raw_queue("measurement"), messages,
+            args.prefetch), args.timeout)
+    finally:
+        await delete_namespace(args.amqp_url, namespace)
+    print(f"broker floor: {messages} messages consumed and acked without an AMQP library, "
+          f"{elapsed:.3f} s; its CPU time {cpu:.3f} s")
+    return messages / elapsed
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc), to show the cost apart from
     whatever else competes for the machine."""
@@ -321,6 +344,7 @@ async def bench(args: argparse.Namespace) -> int:
             await delete_namespace(args.amqp_url, namespace)
         naive = await run_naive(es_url, make_records(args.naive))
         floor = await run_floor(args, records)
+        broker = await run_broker_floor(args, records)
     finally:
         endpoint.send_signal(signal.SIGTERM)
         endpoint.wait(10)
@@ -333,6 +357,8 @@ async def bench(args: argparse.Namespace) -> int:
     print(f"naive:   {naive:,.0f} records/s")
     print(f"floor:   {floor:,.0f} messages/s through aiormq alone; the parser reached "
           f"{rate / args.batch / floor:.0%} of it")
+    print(f"broker:  {broker:,.0f} messages/s to a consumer without an AMQP library; aiormq "
+          f"reached {floor / broker:.0%} of it")
     print(f"ratio:   {ratio:.1f}x (target >= {TARGET_RATIO}x)")
     ok = per_process >= TARGET_RATE and ratio >= TARGET_RATIO
     print("result:  " + ("targets met" if ok else "TARGETS MISSED"))
