@@ -81,7 +81,7 @@ class _Frames:
             raise ConnectionError("the broker closed the connection")
         self._buffer += chunk
 
-    async def count_messages(self, messages: int, on_message: "_Acker") -> None:
+    async def count_messages(self, messages: int, on_message: _Acker) -> None:
         """Walk deliveries until ``messages`` are whole, telling ``on_message`` each tag."""
         buffer = self._buffer
         head, method = _FRAME_HEAD.unpack_from, _METHOD.unpack_from

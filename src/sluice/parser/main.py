@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 
+from ..allocator import keep_large_buffers
 from ..errors import ConfigError
 from ..lifecycle import run_until_signal
 from ..logs import configure_logging, get_logger
@@ -87,6 +88,8 @@ def main(args: argparse.Namespace) -> int:
     options.update(parse_options(getattr(args, "parser_option", None)))
     chains = build_chains(settings.parsers, settings.kinds, options)
     configure_logging("parser", settings.instance_id, settings.log_level)
-    log.info("parser_starting", settings=describe(settings),
+    # Bulk bodies of megabytes, made continuously: see sluice.allocator for the cost.
+    heap = "kept" if keep_large_buffers() else "glibc defaults"
+    log.info("parser_starting", settings=describe(settings), large_buffers=heap,
              chains={kind: ",".join(chain.names) for kind, chain in chains.items()})
     return run_until_signal(lambda: ParserService(settings, chains))
