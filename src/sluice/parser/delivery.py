@@ -46,6 +46,8 @@ _DAY_CACHE_LIMIT = 4096
 # Elasticsearch refuses an _id over 512 bytes; under 128 characters it cannot be.
 _MAX_ID_BYTES = 512
 _MAX_ID_CHARS = _MAX_ID_BYTES // 4
+# Exact types: a bool is an int to isinstance, and would make an index of 1970.
+_STR, _INT = frozenset([str]), frozenset([int])
 
 
 def _whole_ms(ts: Any) -> int:
@@ -192,7 +194,7 @@ class MessageDecoder:
             return []
         ids, stamps, sources = zip(*encoded)
         # What the slow path would refuse, it must be the one to refuse.
-        if set(map(type, ids)) != {str} or set(map(type, stamps)) != {int}:
+        if not (_STR.issuperset(map(type, ids)) and _INT.issuperset(map(type, stamps))):
             return None
         lengths = list(map(len, ids))
         if min(lengths) < 1 or max(lengths) > _MAX_ID_CHARS:
