@@ -1,5 +1,10 @@
 """The ``sluice`` command. Each subcommand is one service, implemented by the module named
 in :data:`COMMANDS`, which provides ``HELP``, ``add_arguments(parser)`` and ``main(args)``.
+
+Only the module of the command being run is imported: the services' dependencies
+(Elasticsearch's client, aiohttp, the server) cost most of a second to import, which every
+``sluice client`` and ``sluice token`` would otherwise pay. ``sluice --help`` imports them
+all, for their one-line descriptions.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, only that subcommand's flags are added
+    (the others stay valid names, so a mistyped one is still named in the error)."""
     parser = argparse.ArgumentParser(
         prog="sluice",
         description="sluice: a streaming-ingest pipeline. Clients stream msgpack frames over TCP "
@@ -38,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name)
+            continue
         module = importlib.import_module(module_name)
         command = sub.add_parser(
             name, help=module.HELP, description=module.HELP,
@@ -47,8 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    # The top level takes no option with a value, so the first word is the command.
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_in(words)).parse_args(words)
     try:
         status: int = args._module.main(args)
     except ConfigError as exc:

@@ -1,0 +1,47 @@
+"""The ``sluice`` command line: one subcommand per service, each importing only its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from sluice.cli import COMMANDS
+
+# What a service's dependencies cost to import, checked in a fresh interpreter.
+_IMPORTED_BY = """
+import sys
+from sluice.cli import build_parser
+build_parser(sys.argv[1]).parse_args(sys.argv[1:])
+print(" ".join(sorted(m for m in ("elasticsearch", "aiormq", "aiohttp", "sluice.server.app")
+                      if m in sys.modules)))
+"""
+
+
+def imported_by(*argv: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", _IMPORTED_BY, *argv], check=True,
+                         capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def test_a_client_loads_neither_the_store_client_nor_the_server() -> None:
+    assert imported_by("client", "--count", "1") & {"elasticsearch", "sluice.server.app"} == set()
+
+
+def test_a_parser_loads_what_it_needs() -> None:
+    assert {"elasticsearch", "aiormq"} <= imported_by("parser")
+
+
+def test_the_top_level_help_lists_every_command_with_its_description() -> None:
+    out = subprocess.run([sys.executable, "-m", "sluice", "--help"], check=True,
+                         capture_output=True, text=True).stdout
+    listed = out.split("positional arguments:")[1].split("options:")[0]
+    for name in COMMANDS:
+        assert f"\n    {name}" in listed
+    assert "Accept client connections" in listed  # the server's description
+
+
+def test_a_mistyped_command_is_refused_with_the_names_there_are() -> None:
+    run = subprocess.run([sys.executable, "-m", "sluice", "clent", "--count", "1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "invalid choice: 'clent'" in run.stderr and "'client'" in run.stderr
