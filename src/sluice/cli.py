@@ -58,8 +58,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
+    """The command to import alone; None for the whole line (``sluice --help client``
+    asks for the top level's help, which lists every command)."""
     # The top level takes no option with a value, so the first word is the command.
     for word in argv:
+        if word in ("-h", "--help"):
+            return None
         if not word.startswith("-"):
             return word if word in COMMANDS else None
     return None

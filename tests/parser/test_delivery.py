@@ -8,6 +8,7 @@ from typing import Any
 import msgpack
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from sluice.es import index_name
 from sluice.parser.deadletter import POISON
@@ -187,3 +188,31 @@ def test_an_encode_batch_out_of_its_contract_leaves_the_message_to_parse(corrupt
     assert (delivery.positions, delivery.letters) == (list(range(6)), [])
     assert comparable(delivery.actions) == comparable(slow.actions)
     assert [doc["id"] for _, doc in comparable(delivery.actions)] == [r["id"] for r in records]
+
+
+def test_items_that_are_not_triples_are_reported_as_the_plugins_bug() -> None:
+    """Every other item with a fourth element: ``zip`` would drop it unseen."""
+    records = make_records(4)
+    chain = build_chain(["measurement"])
+    broken = without_fast_path(chain, lambda payload: [
+        (*item, b"extra") if k % 2 else item for k, item in enumerate(chain.encode_batch(payload))
+    ])
+    with capture_logs() as logs:
+        delivery = MessageDecoder("px", {"measurement": broken}).decode(
+            "measurement", message(msgpack.packb(records)))
+    assert (delivery.positions, delivery.letters) == (list(range(4)), [])
+    [failure] = [entry for entry in logs if entry["event"] == "encode_batch_failed"]
+    assert "not (id, ts, JSON)" in failure["error"]
+
+
+def test_a_ts_no_index_can_hold_is_left_to_parse_without_blaming_the_plugin() -> None:
+    records = make_records(3)
+    chain = build_chain(["measurement"])
+    far = without_fast_path(chain, lambda payload: [
+        (doc_id, 10**15, source) for doc_id, _, source in chain.encode_batch(payload)
+    ])
+    with capture_logs() as logs:
+        delivery = MessageDecoder("px", {"measurement": far}).decode(
+            "measurement", message(msgpack.packb(records)))
+    assert (delivery.positions, delivery.letters) == ([0, 1, 2], [])
+    assert [entry for entry in logs if entry["event"] == "encode_batch_failed"] == []

@@ -4,7 +4,8 @@ ready ``create`` actions plus the dead letters for whatever was rejected.
 This is the per-record hot path. Each action is built with one ``bytes.join``, and the
 ndjson body of a bulk request is then just these actions concatenated. The fast path
 below checks and builds a message's actions column by column, each step one C-level pass
-(``map``, ``zip``, ``min``/``max``), so no bytecode runs per record there.
+(``map``, ``zip``, ``min``/``max``), so no bytecode runs per record there (but for a
+message whose records fall on several days).
 
 When a kind's chain offers ``encode_batch`` (:class:`~sluice.parser.interface.BatchEncoder`),
 a message is first tried whole through it; only a message it declines (some record is
@@ -47,7 +48,7 @@ _DAY_CACHE_LIMIT = 4096
 _MAX_ID_BYTES = 512
 _MAX_ID_CHARS = _MAX_ID_BYTES // 4
 # Exact types: a bool is an int to isinstance, and would make an index of 1970.
-_STR, _INT = frozenset([str]), frozenset([int])
+_STR, _INT, _THREE = frozenset([str]), frozenset([int]), frozenset([3])
 
 
 def _whole_ms(ts: Any) -> int:
@@ -192,6 +193,8 @@ class MessageDecoder:
         path must decide. Checked and built column by column, in C-level passes."""
         if not encoded:
             return []
+        if not _THREE.issuperset(map(len, encoded)):  # zip(*) would drop what is past 3
+            raise ValueError("encode_batch made items that are not (id, ts, JSON)")
         ids, stamps, sources = zip(*encoded)
         # What the slow path would refuse, it must be the one to refuse.
         if not (_STR.issuperset(map(type, ids)) and _INT.issuperset(map(type, stamps))):
@@ -204,10 +207,13 @@ class MessageDecoder:
             return None
         day = first // MS_PER_DAY
         prefixes: Iterable[bytes]
-        if day == last // MS_PER_DAY:
-            prefixes = repeat(self._prefix_of(kind, day))
-        else:  # a message across midnight, or a backfill
-            prefixes = [self._prefix_of(kind, ts // MS_PER_DAY) for ts in stamps]
+        try:
+            if day == last // MS_PER_DAY:
+                prefixes = repeat(self._prefix_of(kind, day))
+            else:  # a message across midnight, or a backfill: a loop per record
+                prefixes = [self._prefix_of(kind, ts // MS_PER_DAY) for ts in stamps]
+        except ValueError:  # a ts no index can hold: the slow path names it, per record
+            return None
         return list(map(b"".join, zip(
             prefixes, map(orjson.dumps, ids), repeat(b"}}\n"), sources, repeat(b"\n")
         )))

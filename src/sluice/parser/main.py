@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     options.update(parse_options(getattr(args, "parser_option", None)))
     chains = build_chains(settings.parsers, settings.kinds, options)
     configure_logging("parser", settings.instance_id, settings.log_level)
-    # Bulk bodies of megabytes, made continuously: see sluice.allocator for the cost.
+    # Bulk bodies of megabytes, made and freed continuously: see sluice.allocator.
     heap = "kept" if keep_large_buffers() else "glibc defaults"
     log.info("parser_starting", settings=describe(settings), large_buffers=heap,
              chains={kind: ",".join(chain.names) for kind, chain in chains.items()})
