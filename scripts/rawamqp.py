@@ -21,6 +21,7 @@ _METHOD = struct.Struct(">HH")
 _FRAME_END = b"\xce"
 _METHOD_FRAME, _HEADER_FRAME, _BODY_FRAME = 1, 2, 3
 _DELIVER = (60, 60)
+_CLOSES = ((10, 50), (20, 40))  # connection.close, channel.close
 
 
 def _short(text: str) -> bytes:
@@ -53,7 +54,7 @@ class _Frames:
                 if kind != _METHOD_FRAME:
                     raise ConnectionError(f"expected a method frame, got type {kind}")
                 class_id, method_id = _METHOD.unpack_from(payload)
-                if (class_id, method_id) in ((10, 50), (20, 40)):
+                if (class_id, method_id) in _CLOSES:
                     code = struct.unpack_from(">H", payload, 4)[0]
                     text = payload[7:7 + payload[6]].decode(errors="replace")
                     raise ConnectionError(f"the broker closed: {code} {text}")
@@ -93,10 +94,11 @@ class _Frames:
                     break
                 start = at + 7
                 if kind == _METHOD_FRAME:
-                    if method(buffer, start) == _DELIVER:
+                    which = method(buffer, start)
+                    if which == _DELIVER:
                         tag_at = start + 5 + buffer[start + 4]
                         tag = struct.unpack_from(">Q", buffer, tag_at)[0]
-                    elif method(buffer, start) in ((10, 50), (20, 40)):
+                    elif which in _CLOSES:
                         raise ConnectionError("the broker closed while delivering")
                 elif kind == _HEADER_FRAME:
                     body_left = struct.unpack_from(">Q", buffer, start + 4)[0]
