@@ -14,12 +14,16 @@
    other work on a shared machine does not change much.
 4. In this process, the naive baseline: the same parsing, then one elasticsearch-py
    ``create()`` request per document, for ``--naive`` records.
-5. In this process, the AMQP floor: the same messages consumed with aiormq and acked
-   (``multiple``, every 100) without looking at them. With small messages (``--batch 5``)
-   the parser can be no faster than this, whatever it does per record.
+5. In this process, the AMQP floors: the same messages consumed and acked (``multiple``,
+   every 100) without looking at them, once with aiormq and once with the parser's own
+   consumer (``sluice.amqpconsumer``). With small messages (``--batch 5``) the parser can
+   be no faster than the latter, whatever it does per record.
 6. The broker floor: the same again, drained by ``scripts/rawamqp.py``, which parses the
    frames with ``struct`` and builds nothing per message: what RabbitMQ can deliver to one
-   consumer here, so that the AMQP client's share of the floor above shows.
+   consumer here, so that the AMQP layer's share of the floors above shows.
+
+The floors consume with the window the parser gives RabbitMQ for messages of ``--batch``
+records (or ``--prefetch``, when given).
 
 Prints the rates (records/s, and messages/s) and the ratio to the naive baseline.
 Targets: >= 20x naive, and >= 250,000 records/s per process; with messages of at most 10
@@ -201,7 +205,8 @@ async def run_parser(args: argparse.Namespace, es_url: str, namespace: str, n: i
         "-m", "sluice", "parser", "--amqp-url", args.amqp_url,
         "--namespace", namespace, "--es-url", es_url, "--index-prefix", "bench",
         "--http-port", "-1", "--log-level", "warning",
-        "--prefetch", str(args.prefetch), "--bulk-size", str(args.bulk_size),
+        "--bulk-size", str(args.bulk_size),
+        *(["--prefetch", str(args.prefetch)] if args.prefetch else []),
     ]
     procs = [spawn(cmd, env=env) for _ in range(args.processes)]
     try:
@@ -243,6 +248,17 @@ async def run_parser(args: argparse.Namespace, es_url: str, namespace: str, n: i
     return n / elapsed
 
 
+def floor_window(args: argparse.Namespace) -> int:
+    """The prefetch window the floors consume with: ``--prefetch``, or the one the parser
+    gives RabbitMQ by default for messages of ``--batch`` records."""
+    if args.prefetch:
+        return int(args.prefetch)
+    from sluice.parser.settings import ParserSettings
+
+    defaults = ParserSettings()
+    return max(1, min(defaults.prefetch, defaults.prefetch_records // args.batch))
+
+
 async def run_floor(args: argparse.Namespace, records: list[dict[str, Any]]) -> float:
     """Messages/s of a bare aiormq consumer that acks every 100 and does nothing else."""
     import aiormq
@@ -255,7 +271,7 @@ async def run_floor(args: argparse.Namespace, records: list[dict[str, Any]]) -> 
         conn = await aiormq.connect(args.amqp_url)
         try:
             channel = await conn.channel()
-            await channel.basic_qos(prefetch_count=args.prefetch)
+            await channel.basic_qos(prefetch_count=floor_window(args))
             done = asyncio.Event()
             seen = 0
             started = 0.0
@@ -285,6 +301,46 @@ async def run_floor(args: argparse.Namespace, records: list[dict[str, Any]]) -> 
     return messages / elapsed
 
 
+async def run_lean_floor(args: argparse.Namespace, records: list[dict[str, Any]]) -> float:
+    """Messages/s of the parser's own consumer (:mod:`sluice.amqpconsumer`) alone, acking
+    every 100 like the aiormq floor: what the parser's AMQP layer leaves for the rest."""
+    from sluice.amqpconsumer import Delivered, connect
+    from sluice.topology import Topology
+
+    namespace = f"benchlean{uuid.uuid4().hex[:8]}"
+    try:
+        messages = await fill_queue(args.amqp_url, namespace, records, args.batch)
+        conn = await connect(args.amqp_url)
+        try:
+            channel = await conn.channel()
+            await channel.basic_qos(prefetch_count=floor_window(args))
+            done = asyncio.Event()
+            seen = 0
+            started = cpu_started = 0.0
+
+            def on_message(message: Delivered) -> None:
+                nonlocal seen, started, cpu_started
+                seen += 1
+                if seen == 1:
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                if seen % 100 == 0 or seen == messages:
+                    asyncio.ensure_future(channel.basic_ack(message.delivery_tag, multiple=True))
+                if seen == messages:
+                    done.set()
+
+            await channel.basic_consume(Topology(namespace).raw_queue("measurement"), on_message)
+            await asyncio.wait_for(done.wait(), args.timeout)
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
+        finally:
+            await conn.close()
+    finally:
+        await delete_namespace(args.amqp_url, namespace)
+    print(f"lean floor: {messages} messages consumed and acked by sluice.amqpconsumer alone, "
+          f"{elapsed:.3f} s; its CPU time {cpu:.3f} s ({messages / cpu:,.0f} messages per CPU-second)")
+    return messages / elapsed
+
+
 async def run_broker_floor(args: argparse.Namespace, records: list[dict[str, Any]]) -> float:
     """Messages/s to a consumer with no AMQP library (:mod:`rawamqp`): the broker's own
     ceiling for one consumer here, acked the same way as the aiormq floor."""
@@ -297,7 +353,7 @@ async def run_broker_floor(args: argparse.Namespace, records: list[dict[str, Any
         messages = await fill_queue(args.amqp_url, namespace, records, args.batch)
         elapsed, cpu = await asyncio.wait_for(drain(
             args.amqp_url, Topology(namespace).raw_queue("measurement"), messages,
-            args.prefetch), args.timeout)
+            floor_window(args)), args.timeout)
     finally:
         await delete_namespace(args.amqp_url, namespace)
     print(f"broker floor: {messages} messages consumed and acked without an AMQP library, "
@@ -349,6 +405,7 @@ async def bench(args: argparse.Namespace) -> int:
             await delete_namespace(args.amqp_url, namespace)
         naive = await run_naive(es_url, make_records(args.naive))
         floor = await run_floor(args, records)
+        lean = await run_lean_floor(args, records)
         broker = await run_broker_floor(args, records)
     finally:
         endpoint.send_signal(signal.SIGTERM)
@@ -361,10 +418,11 @@ async def bench(args: argparse.Namespace) -> int:
           f"with {args.processes} process(es); {per_process:,.0f} records/s per process"
           + ("" if small else f" (target >= {TARGET_RATE:,})"))
     print(f"naive:   {naive:,.0f} records/s")
-    print(f"floor:   {floor:,.0f} messages/s through aiormq alone; the parser reached "
-          f"{rate / args.batch / floor:.0%} of it")
+    print(f"floor:   {floor:,.0f} messages/s through aiormq alone, {lean:,.0f} through the "
+          f"parser's own consumer alone; the parser reached {rate / args.batch / lean:.0%} "
+          "of the latter")
     print(f"broker:  {broker:,.0f} messages/s to a consumer without an AMQP library; aiormq "
-          f"reached {floor / broker:.0%} of it")
+          f"reached {floor / broker:.0%} of it, the parser's consumer {lean / broker:.0%}")
     print(f"ratio:   {ratio:.1f}x (target >= {TARGET_RATIO}x)")
     if small:
         messages = per_process / args.batch
@@ -382,7 +440,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500, help="records per AMQP message")
     parser.add_argument("--naive", type=int, default=3000, help="records for the naive baseline")
-    parser.add_argument("--prefetch", type=int, default=200)
+    parser.add_argument("--prefetch", type=int, default=0,
+                        help="the parser's --prefetch (default: the parser's own default)")
     parser.add_argument("--bulk-size", type=int, default=5000)
     parser.add_argument("--processes", type=int, default=1, help="parser processes on the queue")
     parser.add_argument("--timeout", type=float, default=120)

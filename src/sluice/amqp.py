@@ -12,6 +12,11 @@ in the list, so that many replicas spread their connections over the nodes. A qu
 queue is reachable through any node of its cluster, so it does not matter which node a
 link lands on, and a queue leader moving to another node is at most one such reconnect.
 
+A link whose owner consumes (``consume``) also opens a lean consuming connection
+(:mod:`sluice.amqpconsumer`) to the same node, after ``setup``, and hands its channel to
+``consume``. The two connections are one link: either one closing ends both, so a
+consumer never outlives the channel its dead letters are published on.
+
 A :class:`ConfigError` from ``setup`` (a queue declared with other arguments) is not
 retried: reconnecting cannot fix it. The link stops, keeps the error in :attr:`failure`
 and sets :attr:`failed`, and the service exits with it.
@@ -24,10 +29,12 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Sequence
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import aiormq
 
+from . import amqpconsumer
+from .amqpconsumer import ConsumerChannel, ConsumerConnection
 from .backoff import Backoff
 from .errors import BrokerUnavailable, ConfigError
 from .lifecycle import TaskOwner
@@ -46,6 +53,7 @@ CONNECT_TIMEOUT = 15.0
 
 Setup = Callable[[aiormq.abc.AbstractChannel], Awaitable[None]]
 OnLost = Callable[[BaseException], None]
+Consume = Callable[[ConsumerChannel], Awaitable[None]]
 
 
 class BrokerLink:
@@ -55,6 +63,7 @@ class BrokerLink:
         *,
         setup: Setup | None = None,
         on_lost: OnLost | None = None,
+        consume: Consume | None = None,
         publisher_confirms: bool = True,
         backoff: Backoff | None = None,
         name: str = "broker",
@@ -65,11 +74,14 @@ class BrokerLink:
         self._next = random.randrange(len(self._urls))
         self._setup = setup
         self._on_lost = on_lost
+        self._consume = consume
         self._confirms = publisher_confirms
         self._backoff = backoff or Backoff(base=0.2, cap=10.0)
         self._name = name
         self._connection: Optional[aiormq.abc.AbstractConnection] = None
         self._channel: Optional[aiormq.abc.AbstractChannel] = None
+        self._consumer: Optional[ConsumerConnection] = None
+        self._consumer_channel: Optional[ConsumerChannel] = None
         self._up = asyncio.Event()
         #: set when setup failed in a way no reconnect can fix; the error is in ``failure``
         self.failed = asyncio.Event()
@@ -95,6 +107,14 @@ class BrokerLink:
             raise BrokerUnavailable("no link to RabbitMQ")
         return self._channel
 
+    @property
+    def consumer_channel(self) -> ConsumerChannel:
+        """The channel of the consuming connection (a link made with ``consume``)."""
+        channel = self._consumer_channel
+        if not self._up.is_set() or channel is None or channel.is_closed:
+            raise BrokerUnavailable("no link to RabbitMQ")
+        return channel
+
     def start(self) -> None:
         self._tasks.spawn(self._run(), name=f"{self._name}-link")
 
@@ -105,15 +125,28 @@ class BrokerLink:
 
     async def _connect(self, url: str) -> None:
         connection = await asyncio.wait_for(aiormq.connect(url), CONNECT_TIMEOUT)
+        consumer: Optional[ConsumerConnection] = None
         try:
             channel = await connection.channel(publisher_confirms=self._confirms)
             if self._setup is not None:
                 await self._setup(channel)
+            if self._consume is not None:
+                consumer = await asyncio.wait_for(amqpconsumer.connect(url), CONNECT_TIMEOUT)
+                self._consumer_channel = await consumer.channel()
+                await self._consume(self._consumer_channel)
         except BaseException:
+            self._consumer_channel = None
+            if consumer is not None:
+                await consumer.close()
             await connection.close()
             raise
-        self._connection, self._channel = connection, channel
+        self._connection, self._channel, self._consumer = connection, channel, consumer
         self.url = url
+
+    def _closings(self) -> list[asyncio.Future[Any]]:
+        things: list[Any] = [self._connection, self._channel, self._consumer,
+                             self._consumer_channel if self._consumer is not None else None]
+        return [thing.closing for thing in things if thing is not None]
 
     async def _run(self) -> None:
         failed = 0
@@ -143,12 +176,9 @@ class BrokerLink:
             self._up.set()
             log.info("broker_connected", link=self._name, url=mask_url(url))
             assert self._connection is not None and self._channel is not None
-            # Whichever closes first, connection or channel, ends this link.
-            # asyncio.wait never cancels what it waits on: aiormq owns these futures.
-            await asyncio.wait(
-                [self._connection.closing, self._channel.closing],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            # Whichever closes first, a connection or a channel, ends this link.
+            # asyncio.wait never cancels what it waits on: the connections own these futures.
+            await asyncio.wait(self._closings(), return_when=asyncio.FIRST_COMPLETED)
             reason = self._close_reason()
             self._up.clear()
             # Only a link that stayed up a while resets the backoff: a channel that the
@@ -170,9 +200,8 @@ class BrokerLink:
             log.error("broker_on_lost_failed", link=self._name, error=repr(exc), exc_info=exc)
 
     def _close_reason(self) -> BaseException:
-        for thing in (self._channel, self._connection):
-            fut = getattr(thing, "closing", None)
-            if fut is not None and fut.done() and not fut.cancelled():
+        for fut in self._closings():
+            if fut.done() and not fut.cancelled():
                 exc: BaseException | None = fut.exception()
                 if exc is not None:
                     return exc
@@ -180,6 +209,11 @@ class BrokerLink:
 
     async def _drop(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
+        consumer, self._consumer, self._consumer_channel = self._consumer, None, None
+        if consumer is not None:
+            # Closed first: its unacked deliveries go back to the queue at once.
+            with contextlib.suppress(Exception):
+                await consumer.close()
         if connection is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5)

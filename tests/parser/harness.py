@@ -192,7 +192,10 @@ class ParserProcess:
                 return False
             return status == 200
 
-        await wait_until(ready, timeout, f"parser {self.pid} to be ready")
+        try:
+            await wait_until(ready, timeout, f"parser {self.pid} to be ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; log:\n{self.log_tail()}") from None
 
     def assert_running(self) -> None:
         code = self.proc.poll()

@@ -20,10 +20,7 @@ from .harness import make_records
 
 
 def message(body: bytes) -> Any:
-    return SimpleNamespace(
-        body=body, delivery_tag=7, channel=None,
-        header=SimpleNamespace(properties=SimpleNamespace(message_id="m-1")),
-    )
+    return SimpleNamespace(body=body, delivery_tag=7, channel=None, message_id="m-1")
 
 
 def decoder() -> MessageDecoder:

@@ -141,3 +141,46 @@ async def test_small_messages_are_sent_at_half_the_window_not_after_the_linger(
         await worker.stop(10)
     assert sum(store.bulks) == 1000
     assert max(store.bulks) <= 10 * 5, store.bulks
+
+
+async def test_the_window_is_bounded_in_records(amqp_url: str, namespace: str) -> None:
+    """300 messages of 20 records, prefetch_records 200: once message sizes are known the
+    window RabbitMQ is given is 200 / 20 = 10 messages, so the parser never holds more than
+    the first window (prefetch_bytes over the largest message: 4) plus 10, where its
+    message prefetch (1,000) and its bytes bound (about 8,500 such messages) would let it
+    take all 300 at once. Small messages get a wide window instead: at 5 records, 1,000."""
+    topology = Topology(namespace)
+    messages = [make_records(20, start=i * 20) for i in range(300)]
+    await publish(amqp_url, topology, messages)
+
+    store = CountingStore()
+    settings = ParserSettings(amqp_url=amqp_url, kinds=("measurement",), prefetch=1000,
+                              prefetch_records=200, prefetch_bytes=16 * 1024 * 1024,
+                              bulk_size=100_000)
+    worker = make_worker(settings, topology, store)
+    held: list[int] = []
+
+    async def sample() -> None:
+        while True:
+            held.append(worker._metrics.inflight_messages)
+            await asyncio.sleep(0.001)
+
+    sampler = asyncio.ensure_future(sample())
+    worker.start()
+    try:
+        await wait_until(lambda: sum(store.bulks) == 300 * 20 and worker.held_bytes == 0,
+                         "every record indexed", timeout=120)
+    finally:
+        sampler.cancel()
+        await worker.stop(10)
+    assert sum(store.bulks) == 300 * 20
+    assert worker._qos == 10
+    assert 0 < max(held) <= 4 + 10, max(held)
+
+    # The arithmetic alone, for other message sizes.
+    other = make_worker(ParserSettings(amqp_url=amqp_url, kinds=("measurement",), prefetch=1000,
+                                       prefetch_records=5000), topology, store)
+    other._avg_body, other._avg_records = 300.0, 5.0
+    assert other._wanted_qos() == 1000
+    other._avg_body, other._avg_records = 30_000.0, 500.0
+    assert other._wanted_qos() == 10

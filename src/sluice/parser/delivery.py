@@ -23,8 +23,8 @@ from typing import Any, Callable, Optional, Protocol
 
 import msgpack
 import orjson
-from aiormq.abc import AbstractChannel, DeliveredMessage
 
+from ..amqpconsumer import ConsumerChannel, Delivered
 from ..errors import RecordError
 from ..es import index_name
 from ..logs import RateLimitedLog, get_logger
@@ -76,7 +76,7 @@ class Delivery:
     """A received message: acked once every action is settled and every letter confirmed."""
 
     kind: str
-    channel: AbstractChannel
+    channel: ConsumerChannel
     tag: int
     message_id: Optional[str]
     #: the message body; records are decoded again only to dead-letter one Elasticsearch
@@ -129,11 +129,9 @@ class MessageDecoder:
         cache[day] = prefix
         return prefix
 
-    def decode(self, kind: str, message: DeliveredMessage) -> Delivery:
-        tag = message.delivery_tag
-        assert tag is not None, "consumed messages always carry a delivery tag"
+    def decode(self, kind: str, message: Delivered) -> Delivery:
         body = message.body
-        delivery = Delivery(kind, message.channel, tag, message.header.properties.message_id, body)
+        delivery = Delivery(kind, message.channel, message.delivery_tag, message.message_id, body)
         # One reading of the clock per message: the window moves by a few ms at most.
         low, high = (self._window.bounds(int(self._clock() * 1000)) if self._window is not None
                      else (-(2**63), 2**63))

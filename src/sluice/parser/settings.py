@@ -33,7 +33,12 @@ class ParserSettings(OpsSettings, BrokerSettings, StoreSettings):
         1.0, "records whose ts is more than this many days ahead are dead-lettered "
         "(ts_out_of_range); 0 = no bound")
     prefetch: int = option(
-        200, "unacked messages per queue: bounds memory and the work redone after a crash"
+        5000, "unacked messages per queue, at most; --prefetch-records and --prefetch-bytes "
+        "make the window smaller for larger messages"
+    )
+    prefetch_records: int = option(
+        100_000, "unacked records per queue (the window in messages is this over the average "
+        "records per message): bounds the documents held and the work redone after a crash"
     )
     prefetch_bytes: int = option(
         64 * 1024 * 1024, "message bytes held unacked before consuming pauses (RabbitMQ's "
@@ -72,7 +77,7 @@ class ParserSettings(OpsSettings, BrokerSettings, StoreSettings):
         positive = {
             "prefetch": self.prefetch, "bulk_size": self.bulk_size,
             "bulk_concurrency": self.bulk_concurrency, "bulk_max_bytes": self.bulk_max_bytes,
-            "prefetch_bytes": self.prefetch_bytes,
+            "prefetch_bytes": self.prefetch_bytes, "prefetch_records": self.prefetch_records,
         }
         for name, value in positive.items():
             if value < 1:

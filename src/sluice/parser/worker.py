@@ -14,16 +14,24 @@ RabbitMQ hands it to another consumer; the ``create`` with the record id as ``_i
 the second attempt into harmless 409s. Prefetch bounds what is in memory: while
 Elasticsearch is down the bulks retry and no new messages arrive.
 
-RabbitMQ's prefetch counts messages only (it does not implement a size), so the bytes are
-bounded here, two ways. The prefetch count given to RabbitMQ is ``prefetch_bytes`` over
-the average message size seen (over the largest possible message, ``DEFAULT_MAX_FRAME``,
-until one is seen), never more than ``prefetch``; the consumers are re-made when that
-number moves by a factor of two. And once the bodies held unacked reach ``prefetch_bytes``,
-or ``concurrency`` sealed bulks wait for a flusher, the consumers are cancelled; they
-consume again once the held bytes are down to half and a flusher is free. Deliveries
-already on the wire still arrive, at most one prefetch window, so the bodies held stay
-within about twice ``prefetch_bytes``, and the sealed-bulk queue within ``concurrency``
-plus what one window fills.
+RabbitMQ's prefetch counts messages only (it does not implement a size), so records and
+bytes are bounded here. The prefetch count given to RabbitMQ is the smallest of
+``prefetch``, ``prefetch_records`` over the average records per message seen, and
+``prefetch_bytes`` over the average message size seen (over the largest possible message,
+``DEFAULT_MAX_FRAME``, until one is seen); the consumers are re-made when that number
+moves by a factor of two. A window in records keeps bulks full whatever the message size:
+200 messages are 100,000 records at 500 per message but 1,000 at 5, and a parser that
+holds only 1,000 records sends bulks of a few hundred documents and then waits for acks.
+
+And once the bodies held unacked reach ``prefetch_bytes``, or ``concurrency`` sealed bulks
+wait for a flusher, the consumers are cancelled; they consume again once the held bytes
+are down to half and a flusher is free. Deliveries already on the wire still arrive, at
+most one prefetch window, so the bodies held stay within about twice ``prefetch_bytes``,
+and the sealed-bulk queue within ``concurrency`` plus what one window fills.
+
+Deliveries arrive on the link's lean consuming connection (``sluice.amqpconsumer``), whose
+callback runs in its read loop: ``_on_message`` never awaits. Dead letters are published,
+with confirms, on the link's aiormq channel; the two connections go down together.
 
 Acks go on the channel the message came in on, as few ``basic.ack multiple=true`` as the
 order of finished bulks allows (acks.py). When that channel is gone, RabbitMQ has already
@@ -38,10 +46,10 @@ import functools
 from collections.abc import Sequence
 from typing import Optional
 
-import aiormq
-from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.abc import AbstractChannel
 
 from ..amqp import BrokerLink
+from ..amqpconsumer import ConsumerChannel, Delivered
 from ..errors import BrokerUnavailable, PublishRejected, StoreUnavailable
 from ..lifecycle import TaskOwner
 from ..logs import RateLimitedLog, get_logger
@@ -86,19 +94,23 @@ class Worker:
         self._events = events
         self._prefetch = settings.prefetch
         self._prefetch_bytes = settings.prefetch_bytes
+        self._prefetch_records = settings.prefetch_records
         #: message body bytes received and not yet acked, requeued or dropped
         self.held_bytes = 0
         #: consumers cancelled because held_bytes or the sealed bulks reached their bound
         self.paused = False
         self._flow = asyncio.Event()
         #: prefetch count given to RabbitMQ for the current consumers; average body size
+        #: and records per message (0: none seen yet)
         self._qos = 0
         self._avg_body = 0.0
+        self._avg_records = 0.0
         self._bulk_size = settings.bulk_size
         self._bulk_max_bytes = settings.bulk_max_bytes
         self._linger = settings.bulk_linger_ms / 1000
         self._concurrency = settings.bulk_concurrency
-        self.link = BrokerLink(settings.amqp_url, setup=self._setup, on_lost=self._on_lost, name="parser")
+        self.link = BrokerLink(settings.amqp_url, setup=self._setup, consume=self._setup_consumer,
+                               on_lost=self._on_lost, name="parser")
         self._tasks = TaskOwner("parser-worker")
         self._flushers: list[asyncio.Task[None]] = []
         self._sealed: asyncio.Queue[Optional[Batch]] = asyncio.Queue()
@@ -107,7 +119,7 @@ class Worker:
         self._batch_bytes = 0
         self._timer: Optional[asyncio.TimerHandle] = None
         self._consumers: dict[str, str] = {}  # consumer tag -> kind, on the current channel
-        self._acks: dict[AbstractChannel, ChannelAcks] = {}
+        self._acks: dict[ConsumerChannel, ChannelAcks] = {}
         self._consuming = False
         self._accepting = True
         self._rate_limited = RateLimitedLog(log)
@@ -136,10 +148,9 @@ class Worker:
         """
         self._consuming = False
         await self._stop_flow(drain_timeout)
+        # Deliveries the broker sent before its cancel-ok were handed over as they were
+        # read, before the answer: none is left behind once the cancels are answered.
         await self._cancel_consumers(drain_timeout)
-        # Deliveries the broker sent before its CancelOk may still sit in consumer tasks.
-        for _ in range(3):
-            await asyncio.sleep(0)
         self._accepting = False
         self._seal()
         for _ in self._flushers:
@@ -156,7 +167,7 @@ class Worker:
 
     async def _stop_flow(self, timeout: float) -> None:
         """End the flow loop between two steps. Cancelled in the middle of one, an RPC
-        such as ``basic.qos`` would make aiormq close the channel, and every delivery
+        such as ``basic.qos`` would leave its answer to be taken for the next one's, and every delivery
         indexed but not yet acked would come back to the queue to be indexed again."""
         task = self._flow_task
         if task is None:
@@ -184,26 +195,27 @@ class Worker:
         if not self.link.is_up:
             return
         try:
-            channel = self.link.channel
+            channel = self.link.consumer_channel
             tags = list(self._consumers)
             await asyncio.wait_for(self._cancel_each(channel, tags), timeout)
         except asyncio.TimeoutError:
             log.warning("cancel_consumers_timed_out", timeout=timeout)
-        except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            # RuntimeError: aiormq's ChannelInvalidStateError, a channel already closing
+        except (BrokerUnavailable, ConnectionError) as exc:
             log.info("cancel_consumers_failed", error=repr(exc))
         self._consumers.clear()
 
     @staticmethod
-    async def _cancel_each(channel: AbstractChannel, tags: Sequence[str]) -> None:
+    async def _cancel_each(channel: ConsumerChannel, tags: Sequence[str]) -> None:
         for tag in tags:
             await channel.basic_cancel(tag)
 
     async def _setup(self, channel: AbstractChannel) -> None:
+        await self._topology.declare(channel, self._kinds)
+
+    async def _setup_consumer(self, channel: ConsumerChannel) -> None:
         # Deliveries of a closed channel are back in the queue: nothing left to ack there.
         self._acks = {ch: acks for ch, acks in self._acks.items() if not ch.is_closed}
         self._acks[channel] = ChannelAcks()
-        await self._topology.declare(channel, self._kinds)
         self._consumers = {}
         self._metrics.broker_up.set(1)
         if self._consuming and not self.paused:
@@ -211,21 +223,22 @@ class Worker:
 
     def _wanted_qos(self) -> int:
         size = self._avg_body or DEFAULT_MAX_FRAME
-        return max(1, min(self._prefetch, int(self._prefetch_bytes // size)))
+        wanted = min(self._prefetch, int(self._prefetch_bytes // size))
+        if self._avg_records:
+            wanted = min(wanted, int(self._prefetch_records // self._avg_records))
+        return max(1, wanted)
 
     def _qos_fits(self) -> bool:
         return self._qos // 2 < self._wanted_qos() < self._qos * 2
 
-    async def _consume(self, channel: AbstractChannel) -> None:
+    async def _consume(self, channel: ConsumerChannel) -> None:
         self._qos = self._wanted_qos()
         await channel.basic_qos(prefetch_count=self._qos)
         for kind in self._kinds:
-            ok = await channel.basic_consume(
+            tag = await channel.basic_consume(
                 self._topology.raw_queue(kind), functools.partial(self._on_message, kind),
-                no_ack=False,
             )
-            assert ok.consumer_tag is not None
-            self._consumers[ok.consumer_tag] = kind
+            self._consumers[tag] = kind
         log.info("consuming", queues=[self._topology.raw_queue(k) for k in self._kinds],
                  prefetch=self._qos)
 
@@ -237,7 +250,7 @@ class Worker:
 
     # -- receiving and batching ----------------------------------------------------------
 
-    async def _on_message(self, kind: str, message: DeliveredMessage) -> None:
+    def _on_message(self, kind: str, message: Delivered) -> None:
         if not self._accepting:
             return  # never acked: back to the queue when the channel closes
         delivery = self._decoder.decode(kind, message)
@@ -247,7 +260,11 @@ class Worker:
         metrics.inflight_messages += 1
         size = len(delivery.body)
         self.held_bytes += size
-        self._avg_body = size if not self._avg_body else 0.9 * self._avg_body + 0.1 * size
+        if self._avg_body:
+            self._avg_body = 0.9 * self._avg_body + 0.1 * size
+            self._avg_records = 0.9 * self._avg_records + 0.1 * delivery.count
+        else:
+            self._avg_body, self._avg_records = size, max(1, delivery.count)
         if not self._batch:
             self._timer = asyncio.get_running_loop().call_later(self._linger, self._seal)
         self._batch.append(delivery)
@@ -262,7 +279,7 @@ class Worker:
         else:
             self._check_flow()
 
-    def _channel_acks(self, channel: AbstractChannel) -> ChannelAcks:
+    def _channel_acks(self, channel: ConsumerChannel) -> ChannelAcks:
         acks = self._acks.get(channel)
         if acks is None:  # a delivery from before a reconnect's setup ran
             acks = self._acks[channel] = ChannelAcks()
@@ -302,7 +319,7 @@ class Worker:
             if not self.link.is_up:
                 continue  # the next setup consumes or not, from self.paused
             try:
-                channel = self.link.channel
+                channel = self.link.consumer_channel
                 if self.paused and self._consumers:
                     log.info("consumers_paused", held_bytes=self.held_bytes,
                              sealed=self._sealed.qsize())
@@ -314,10 +331,9 @@ class Worker:
                     await self._cancel_each(channel, list(self._consumers))
                     self._consumers.clear()
                     await self._consume(channel)
-            except (BrokerUnavailable, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-                # The link is going down (RuntimeError: aiormq's ChannelInvalidStateError);
-                # its setup will consume (or not) on reconnect. This loop must outlive it:
-                # if it ended, a pause would never be lifted.
+            except (BrokerUnavailable, ConnectionError) as exc:
+                # The link is going down; its setup will consume (or not) on reconnect.
+                # This loop must outlive it: if it ended, a pause would never be lifted.
                 log.info("flow_change_failed", error=repr(exc))
 
     # -- flushing ------------------------------------------------------------------------
@@ -377,7 +393,7 @@ class Worker:
         for channel in {d.channel for d in live}:
             await self._ack_ready(channel)
 
-    async def _ack_ready(self, channel: AbstractChannel) -> None:
+    async def _ack_ready(self, channel: ConsumerChannel) -> None:
         """Send the one ack that covers every finished delivery it may on ``channel``."""
         acks = self._channel_acks(channel)
         async with acks.sending:
@@ -388,7 +404,7 @@ class Worker:
                 return
             try:
                 await channel.basic_ack(tag, multiple=True)
-            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            except (BrokerUnavailable, ConnectionError) as exc:
                 self._rate_limited.warning("ack", "ack_failed", error=repr(exc))
                 return
         for kind, count in acked.items():
@@ -399,7 +415,7 @@ class Worker:
         the message to RabbitMQ."""
         try:
             await self._dead.publish(
-                delivery.channel, delivery.kind, delivery.letters, delivery.message_id
+                self.link.channel, delivery.kind, delivery.letters, delivery.message_id
             )
         except BrokerUnavailable as exc:
             if delivery.channel.is_closed:
@@ -434,7 +450,7 @@ class Worker:
             delivery.settled = True
             try:
                 await delivery.channel.basic_nack(delivery.tag, requeue=True)
-            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+            except (BrokerUnavailable, ConnectionError):
                 continue
             finally:
                 # Answered on its own (or its channel is gone): it holds no ack back.
