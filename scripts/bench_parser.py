@@ -317,6 +317,7 @@ async def run_lean_floor(args: argparse.Namespace, records: list[dict[str, Any]]
             done = asyncio.Event()
             seen = 0
             started = cpu_started = 0.0
+            acks: list[asyncio.Future[None]] = []
 
             def on_message(message: Delivered) -> None:
                 nonlocal seen, started, cpu_started
@@ -324,7 +325,8 @@ async def run_lean_floor(args: argparse.Namespace, records: list[dict[str, Any]]
                 if seen == 1:
                     started, cpu_started = time.perf_counter(), time.process_time()
                 if seen % 100 == 0 or seen == messages:
-                    asyncio.ensure_future(channel.basic_ack(message.delivery_tag, multiple=True))
+                    acks.append(asyncio.ensure_future(
+                        channel.basic_ack(message.delivery_tag, multiple=True)))
                 if seen == messages:
                     done.set()
 

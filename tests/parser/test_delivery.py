@@ -8,11 +8,13 @@ from typing import Any
 import msgpack
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from sluice.es import index_name
 from sluice.parser.deadletter import POISON
-from sluice.parser.delivery import MessageDecoder
+from sluice.parser.delivery import SMALL_BODY, MessageDecoder
 from sluice.parser.registry import build_chain
 from sluice.records import TsWindow
 
@@ -213,3 +215,73 @@ def test_a_ts_no_index_can_hold_is_left_to_parse_without_blaming_the_plugin() ->
             "measurement", message(msgpack.packb(records)))
     assert (delivery.positions, delivery.letters) == ([0, 1, 2], [])
     assert [entry for entry in logs if entry["event"] == "encode_batch_failed"] == []
+
+
+# -- decode_many: small messages encoded together ------------------------------------------
+
+def messages_of(bodies: list[bytes]) -> list[Any]:
+    return [SimpleNamespace(body=body, delivery_tag=n, channel=None, message_id=f"m{n}")
+            for n, body in enumerate(bodies)]
+
+
+def summary(delivery: Any) -> tuple[Any, ...]:
+    return (delivery.tag, delivery.message_id, delivery.count, delivery.positions,
+            comparable(delivery.actions), [(letter.reason, letter.body) for letter in delivery.letters])
+
+
+def _valid(n: int) -> bytes:
+    return msgpack.packb(make_records(n))
+
+
+def _one_bad(n: int) -> bytes:
+    records = make_records(n)
+    records[n // 2] = records[n // 2] | {"value": "hot"}
+    return msgpack.packb(records)
+
+
+BODIES = st.one_of(
+    st.integers(1, 8).map(_valid),
+    st.integers(1, 8).map(_one_bad),
+    st.integers(1, 4).map(lambda n: _valid(n) + msgpack.packb(make_records(1)[0])),  # one too many
+    st.integers(2, 4).map(lambda n: _valid(n)[:-5]),  # cut short
+    st.just(msgpack.packb({"not": "an array"})),
+    st.just(b""),
+    st.just(_valid(120)),  # over SMALL_BODY: decoded on its own
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bodies=st.lists(BODIES, min_size=1, max_size=8))
+def test_decoding_messages_together_is_decoding_each(bodies: list[bytes]) -> None:
+    together = decoder().decode_many("measurement", messages_of(bodies))
+    alone = [decoder().decode("measurement", m) for m in messages_of(bodies)]
+    assert list(map(summary, together)) == list(map(summary, alone))
+
+
+def test_records_never_move_from_one_message_to_the_next() -> None:
+    """One body has a record after its array, the next lacks one: joined, the records
+    would line up into one valid array of 3. Each is poison on its own, and stays so."""
+    r1, r2, r3 = make_records(3)
+    bodies = [msgpack.packb([r1]) + msgpack.packb(r2), b"\x92" + msgpack.packb(r3)]
+    assert len(msgpack.unpackb(b"\x93" + bodies[0][1:] + bodies[1][1:])) == 3
+    together = decoder().decode_many("measurement", messages_of(bodies))
+    assert [[letter.reason for letter in d.letters] for d in together] == [["poison"], ["poison"]]
+    assert [d.actions for d in together] == [[], []]
+
+
+def test_small_messages_take_one_pass_and_the_large_their_own() -> None:
+    chain = build_chain(["measurement"])
+    payloads: list[bytes] = []
+
+    def encode(payload: bytes) -> Any:
+        payloads.append(payload)
+        return chain.encode_batch(payload)
+
+    counting = MessageDecoder("px", {"measurement": without_fast_path(chain, encode)})
+    bodies = [_valid(5), _valid(3), _valid(120), _valid(4)]
+    assert len(bodies[2]) > SMALL_BODY >= max(map(len, bodies[:2]))
+    deliveries = counting.decode_many("measurement", messages_of(bodies))
+    assert [d.count for d in deliveries] == [5, 3, 120, 4]
+    assert [len(msgpack.unpackb(p)) for p in payloads] == [12, 120]
+    ids = [[doc["id"] for _, doc in comparable(d.actions)] for d in deliveries]
+    assert ids == [[r["id"] for r in msgpack.unpackb(b)] for b in bodies]

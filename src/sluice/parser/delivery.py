@@ -16,12 +16,13 @@ also what names the reason of each refusal.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Any, Callable, Optional, Protocol
 
 import msgpack
+import msgspec
 import orjson
 
 from ..amqpconsumer import ConsumerChannel, Delivered
@@ -47,6 +48,12 @@ _DAY_CACHE_LIMIT = 4096
 # Elasticsearch refuses an _id over 512 bytes; under 128 characters it cannot be.
 _MAX_ID_BYTES = 512
 _MAX_ID_CHARS = _MAX_ID_BYTES // 4
+#: Messages up to this size are encoded together (decode_many); larger ones have enough
+#: records to spread the fixed costs of a pass on their own.
+SMALL_BODY = 8192
+# A msgpack array's elements as they are on the wire, each checked to be whole: a body is
+# exactly one array, no byte missing and none after it, or DecodeError.
+_ELEMENTS = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
 # Exact types: a bool is an int to isinstance, and would make an index of 1970.
 _STR, _INT, _THREE = frozenset([str]), frozenset([int]), frozenset([3])
 
@@ -132,9 +139,7 @@ class MessageDecoder:
     def decode(self, kind: str, message: Delivered) -> Delivery:
         body = message.body
         delivery = Delivery(kind, message.channel, message.delivery_tag, message.message_id, body)
-        # One reading of the clock per message: the window moves by a few ms at most.
-        low, high = (self._window.bounds(int(self._clock() * 1000)) if self._window is not None
-                     else (-(2**63), 2**63))
+        low, high = self._bounds()
         encode = self._batch_encoders.get(kind)
         if encode is not None and self._encode_whole(kind, encode, delivery, low, high):
             return delivery
@@ -158,32 +163,91 @@ class MessageDecoder:
         self._parse_all(kind, records, delivery, low, high)
         return delivery
 
+    def decode_many(self, kind: str, messages: Sequence[Delivered]) -> list[Delivery]:
+        """``decode`` of each message, in order; small messages are encoded together.
+
+        A message of a few records costs mostly the fixed steps of a pass (the calls, the
+        column set-up), so the small messages of one read from the socket go through
+        ``encode_batch`` as one array of all their records, and their actions are then
+        split back by message. Each body is first checked to be exactly one msgpack array:
+        trailing or missing bytes in one body must not shift records into another.
+        Whatever the combined pass declines is decoded message by message, which is what
+        says which record was refused, and why.
+        """
+        encode = self._batch_encoders.get(kind)
+        small = [m for m in messages if len(m.body) <= SMALL_BODY]
+        if encode is None or len(small) < 2:
+            return [self.decode(kind, m) for m in messages]
+        together = self._decode_together(kind, encode, small)
+        if together is None:
+            return [self.decode(kind, m) for m in messages]
+        if len(small) == len(messages):
+            return together
+        in_order = iter(together)
+        return [next(in_order) if len(m.body) <= SMALL_BODY else self.decode(kind, m)
+                for m in messages]
+
+    def _decode_together(self, kind: str, encode: BatchEncode,
+                         messages: Sequence[Delivered]) -> Optional[list[Delivery]]:
+        try:
+            elements = list(map(_ELEMENTS, [m.body for m in messages]))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        counts = list(map(len, elements))
+        total = sum(counts)
+        header = (bytes([0x90 | total]) if total < 16 else
+                  b"\xdc" + total.to_bytes(2, "big") if total < 65536 else
+                  b"\xdd" + total.to_bytes(4, "big"))
+        low, high = self._bounds()
+        actions = self._encode_actions(kind, encode, header + b"".join(map(b"".join, elements)),
+                                       low, high)
+        if actions is None:
+            return None
+        deliveries = []
+        for message, start, count in zip(messages, accumulate([0, *counts]), counts):
+            delivery = Delivery(kind, message.channel, message.delivery_tag, message.message_id,
+                                message.body, count, actions[start:start + count],
+                                list(range(count)))
+            deliveries.append(delivery)
+        return deliveries
+
+    def _bounds(self) -> tuple[int, int]:
+        # One reading of the clock per call: the window moves by a few ms at most.
+        return (self._window.bounds(int(self._clock() * 1000)) if self._window is not None
+                else (-(2**63), 2**63))
+
     def _encode_whole(self, kind: str, encode: BatchEncode, delivery: Delivery, low: int,
                       high: int) -> bool:
         """The fast path: every record of the message through ``encode_batch``. False,
         with ``delivery`` untouched, when the record-by-record path must decide instead."""
-        try:
-            encoded = encode(delivery.body)
-        except Exception as exc:  # a plugin's bug: the slow path still handles the message
-            self._rate_limited.warning(
-                "encode_batch", "encode_batch_failed", kind=kind, error=repr(exc)
-            )
-            return False
-        if encoded is None:
-            return False
-        try:
-            actions = self._assemble(kind, encoded, low, high)
-        except (TypeError, ValueError) as exc:  # not the documented shape: a plugin's bug
-            self._rate_limited.warning(
-                "encode_batch", "encode_batch_failed", kind=kind, error=repr(exc)
-            )
-            return False
+        actions = self._encode_actions(kind, encode, delivery.body, low, high)
         if actions is None:
             return False
         delivery.actions = actions
         delivery.positions = list(range(len(actions)))
         delivery.count = len(actions)
         return True
+
+    def _encode_actions(self, kind: str, encode: BatchEncode, payload: bytes, low: int,
+                        high: int) -> Optional[list[bytes]]:
+        """The actions of every record in ``payload`` through ``encode_batch``; None when
+        the record-by-record path must decide instead."""
+        try:
+            encoded = encode(payload)
+        except Exception as exc:  # a plugin's bug: the slow path still handles the message
+            self._rate_limited.warning(
+                "encode_batch", "encode_batch_failed", kind=kind, error=repr(exc)
+            )
+            return None
+        if encoded is None:
+            return None
+        try:
+            return self._assemble(kind, encoded, low, high)
+        except (TypeError, ValueError) as exc:  # not the documented shape: a plugin's bug
+            self._rate_limited.warning(
+                "encode_batch", "encode_batch_failed", kind=kind, error=repr(exc)
+            )
+            return None
 
     def _assemble(self, kind: str, encoded: list[Encoded], low: int,
                   high: int) -> Optional[list[bytes]]:

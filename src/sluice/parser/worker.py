@@ -118,6 +118,9 @@ class Worker:
         self._batch_docs = 0
         self._batch_bytes = 0
         self._timer: Optional[asyncio.TimerHandle] = None
+        #: messages received and not yet decoded, per kind; decoded together, soon
+        self._arrived: dict[str, list[Delivered]] = {}
+        self._take_soon: Optional[asyncio.Handle] = None
         self._consumers: dict[str, str] = {}  # consumer tag -> kind, on the current channel
         self._acks: dict[ConsumerChannel, ChannelAcks] = {}
         self._consuming = False
@@ -182,9 +185,10 @@ class Worker:
     async def close(self) -> None:
         """Cancel everything and close the link; unacked messages return to the queue."""
         self._accepting = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._take_soon):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._take_soon = None
         await self._tasks.close()
         await self.link.close()
 
@@ -253,13 +257,28 @@ class Worker:
     def _on_message(self, kind: str, message: Delivered) -> None:
         if not self._accepting:
             return  # never acked: back to the queue when the channel closes
-        delivery = self._decoder.decode(kind, message)
-        self._channel_acks(delivery.channel).received(delivery.tag)
-        metrics = self._metrics
-        metrics.received(kind, delivery.count)
-        metrics.inflight_messages += 1
+        # Registered now, in arrival order: an ack with multiple must not pass a tag.
+        self._channel_acks(message.channel).received(message.delivery_tag)
+        self._metrics.inflight_messages += 1
+        self.held_bytes += len(message.body)
+        if not self._arrived:
+            # Called in the read loop of the consuming connection: everything one read
+            # from the socket holds is in before this runs, and is decoded together.
+            self._take_soon = asyncio.get_running_loop().call_soon(self._take_arrived)
+        self._arrived.setdefault(kind, []).append(message)
+
+    def _take_arrived(self) -> None:
+        """Decode the messages that arrived since the last call (``decode_many``: small
+        messages are encoded together) and batch them."""
+        self._take_soon = None
+        arrived, self._arrived = self._arrived, {}
+        for kind, messages in arrived.items():
+            for delivery in self._decoder.decode_many(kind, messages):
+                self._batch_one(delivery)
+
+    def _batch_one(self, delivery: Delivery) -> None:
+        self._metrics.received(delivery.kind, delivery.count)
         size = len(delivery.body)
-        self.held_bytes += size
         if self._avg_body:
             self._avg_body = 0.9 * self._avg_body + 0.1 * size
             self._avg_records = 0.9 * self._avg_records + 0.1 * delivery.count
@@ -286,6 +305,8 @@ class Worker:
         return acks
 
     def _seal(self) -> None:
+        if self._arrived:
+            self._take_arrived()  # the last ones in belong to this bulk
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
