@@ -130,6 +130,15 @@ async def test_a_callback_that_raises_does_not_stop_the_deliveries_behind_it() -
     assert got == [1, 2] and not connection.closing.done()
 
 
+async def test_a_delivery_for_a_consumer_it_does_not_have_ends_the_connection() -> None:
+    """Nobody would answer it, and giving it back would only loop it: closing returns it."""
+    connection, channel = bare_connection()
+    channel._consumers["c1"] = lambda m: None
+    connection.data_received(frames_of("c2", b"a", {}, False, 1, 10))
+    with pytest.raises(BrokerUnavailable, match="consumer c2"):
+        connection.closing.result()
+
+
 # -- URLs ---------------------------------------------------------------------------------
 
 def test_urls_are_read_as_aiormq_reads_them() -> None:
@@ -140,12 +149,16 @@ def test_urls_are_read_as_aiormq_reads_them() -> None:
     assert (plain.port, plain.user, plain.password, plain.vhost, plain.heartbeat) == (
         5672, "guest", "guest", "/", 60)
     assert _Url("amqp://rabbit:5673/").port == 5673
+    assert (_Url("amqps://rabbit/?auth=external").mechanism, plain.mechanism) == (
+        "EXTERNAL", "PLAIN")
+    assert _Url("amqp://rabbit/?heartbeat=30.0").heartbeat == 30
 
 
 @pytest.mark.parametrize(("url", "message"), [
     ("http://rabbit/", "not an AMQP URL"),
-    ("amqp://rabbit/?auth=external", "PLAIN only"),
+    ("amqp://rabbit/?auth=amqplain", "plain or external"),
     ("amqp://rabbit/?heartbeat=soon", "heartbeat in the AMQP URL is not a number"),
+    ("amqp://rabbit/?heartbeat=-1", "0 to 65535"),
 ])
 def test_urls_it_cannot_use_are_refused_with_the_reason(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -246,6 +259,37 @@ async def test_consuming_a_missing_queue_is_the_brokers_reason(amqp_url: str) ->
         assert channel.is_closed
     finally:
         await connection.close()
+
+
+async def test_a_request_cancelled_unanswered_ends_the_connection(
+    amqp_url: str, namespace: str,
+) -> None:
+    """RabbitMQ makes the consumer anyway: left open, the connection would hold a consumer
+    nobody registered, and take its consume-ok for the next request's answer."""
+    queue = f"{namespace}.cancelled"
+    await _declare(amqp_url, queue, [b"x"])
+    connection = await connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        consume = asyncio.ensure_future(channel.basic_consume(queue, lambda m: None))
+        await asyncio.sleep(0)  # the request is written; its answer is not in yet
+        consume.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consume
+        assert connection.closing.done()
+        with pytest.raises(BrokerUnavailable, match=r"Basic\.Consume was cancelled unanswered"):
+            connection.closing.result()
+    finally:
+        await connection.close()
+    await _wait_depth(amqp_url, queue, 1)
+
+
+async def _wait_depth(amqp_url: str, queue: str, depth: int) -> None:
+    for _ in range(100):
+        if await _depth(amqp_url, queue) == depth:
+            break
+        await asyncio.sleep(0.1)
+    assert await _depth(amqp_url, queue, delete=True) == depth
 
 
 async def test_wrong_credentials_are_the_brokers_reason(amqp_url: str) -> None:

@@ -12,8 +12,9 @@ directly, with no task. Every other frame is rare and goes through pamqp, as in 
 Publishing and declarations stay on aiormq: :class:`sluice.amqp.BrokerLink` opens this
 connection next to its aiormq one, to the same node, when its owner consumes.
 
-What it speaks: PLAIN authentication, TLS (``amqps://``, with aiormq's URL options
-``cafile``, ``capath``, ``certfile``, ``keyfile`` and ``no_verify_ssl``), heartbeats
+What it speaks: PLAIN or EXTERNAL (``auth=external``) authentication, TLS
+(``amqps://``, with aiormq's URL options ``cafile``, ``capath``, ``cadata``, ``certfile``,
+``keyfile`` and ``no_verify_ssl``), heartbeats
 (``heartbeat``, 60 s by default, as aiormq), the connection name (``name``), and on its
 one channel ``basic.qos``, ``basic.consume``, ``basic.cancel``, ``basic.ack`` and
 ``basic.nack``. A channel or connection the broker closes, a consumer the broker cancels
@@ -85,9 +86,10 @@ class _Url:
         if parts.scheme not in ("amqp", "amqps"):
             raise ConfigError(f"not an AMQP URL (amqp:// or amqps://): {parts.scheme}://...")
         query = dict(urllib.parse.parse_qsl(parts.query))
-        if query.get("auth", "plain").lower() != "plain":
-            raise ConfigError("the parser's consumer authenticates with PLAIN only "
-                              f"(auth={query['auth']} in the AMQP URL)")
+        self.mechanism = query.get("auth", "plain").upper()
+        if self.mechanism not in ("PLAIN", "EXTERNAL"):
+            raise ConfigError(f"auth={query['auth']} in the AMQP URL: the parser's consumer "
+                              "authenticates with plain or external (a client certificate)")
         self.tls = parts.scheme == "amqps"
         self.host = parts.hostname or "localhost"
         self.port = parts.port or (5671 if self.tls else 5672)
@@ -96,10 +98,13 @@ class _Url:
         path = parts.path
         self.vhost = "/" if path in ("", "/") else urllib.parse.unquote(path[1:])
         try:
-            self.heartbeat = int(query.get("heartbeat", "60"))
+            self.heartbeat = int(float(query.get("heartbeat", "60")))
         except ValueError:
             raise ConfigError(f"heartbeat in the AMQP URL is not a number: "
                               f"{query['heartbeat']!r}") from None
+        if not 0 <= self.heartbeat <= 65535:
+            raise ConfigError(f"heartbeat in the AMQP URL must be 0 to 65535 seconds, not "
+                              f"{self.heartbeat}")
         self.name = query.get("name")
         self.query = query
 
@@ -110,6 +115,7 @@ class _Url:
         try:
             context = ssl.create_default_context(
                 ssl.Purpose.SERVER_AUTH, cafile=query.get("cafile"), capath=query.get("capath"),
+                cadata=query.get("cadata"),
             )
             if query.get("certfile"):
                 context.load_cert_chain(query["certfile"], query.get("keyfile"))
@@ -187,10 +193,11 @@ class ConsumerChannel:
 
     def _deliver(self, message: Delivered) -> None:
         on_message = self._consumers.get(message.consumer_tag)
-        if on_message is None:  # not ours: give it back rather than hold a prefetch slot
-            log.warning("amqp_delivery_without_consumer", consumer_tag=message.consumer_tag)
-            self._connection.write(_ACK.pack(_METHOD, self.number, 13, 60, 120,
-                                             message.delivery_tag, 2, _FRAME_END))
+        if on_message is None:
+            # A consumer this side does not know holds deliveries nobody will answer;
+            # giving them back would only loop them. Closing returns them to the queue.
+            self._connection._abort(BrokerUnavailable(
+                f"a delivery for consumer {message.consumer_tag}, which this side does not have"))
             return
         try:
             on_message(message)
@@ -221,6 +228,7 @@ class ConsumerConnection(asyncio.Protocol):
         # One request at a time waits for its answer (AMQP allows no more per channel).
         self._rpc_lock = asyncio.Lock()
         self._waiter: Optional[tuple[tuple[type, ...], asyncio.Future[Any]]] = None
+        self._closing_started = False
         self._heartbeat = 0
         self._last_read = self.loop.time()
         self._beat: Optional[asyncio.TimerHandle] = None
@@ -348,11 +356,11 @@ class ConsumerConnection(asyncio.Protocol):
     def _on_method(self, channel: int, raw: bytes) -> None:
         _, _, method = amqp_frame.unmarshal(raw)
         if isinstance(method, commands.Connection.Close):
-            self.write(amqp_frame.marshal(commands.Connection.CloseOk(), 0))
+            self._answer_close(amqp_frame.marshal(commands.Connection.CloseOk(), 0))
             self._abort(BrokerUnavailable(
                 f"RabbitMQ closed the connection: {method.reply_code} {method.reply_text}"))
         elif isinstance(method, commands.Channel.Close):
-            self.write(amqp_frame.marshal(commands.Channel.CloseOk(), channel))
+            self._answer_close(amqp_frame.marshal(commands.Channel.CloseOk(), channel))
             self._abort(BrokerUnavailable(
                 f"RabbitMQ closed the consuming channel: {method.reply_code} {method.reply_text}"))
         elif isinstance(method, commands.Basic.Cancel):
@@ -368,21 +376,34 @@ class ConsumerConnection(asyncio.Protocol):
         else:
             log.warning("amqp_unexpected_frame", frame=method.name, channel=channel)
 
+    def _answer_close(self, close_ok: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(close_ok)
+
     def write(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
             raise BrokerUnavailable("the consuming connection is closed")
         self._transport.write(data)
 
     async def rpc(self, channel: int, request: Any, *answers: type) -> Any:
-        """Send ``request`` and wait for one of ``answers``."""
+        """Send ``request`` and wait for one of ``answers``.
+
+        Cancelled once the request is out, it ends the connection: the broker acts on the
+        request anyway (a consumer made that nobody registered, say), and its answer would
+        be taken for the next request's.
+        """
         async with self._rpc_lock:
-            if self.closing.done() or (channel and self._channel is not None
-                                       and self._channel.is_closed):
+            if self._closing_started or self.closing.done() or (
+                    channel and self._channel is not None and self._channel.is_closed):
                 raise BrokerUnavailable("the consuming connection is closed")
             future: asyncio.Future[Any] = self.loop.create_future()
             self._waiter = (answers, future)
             self.write(amqp_frame.marshal(request, channel))
-            return await future
+            try:
+                return await future
+            except asyncio.CancelledError:
+                self._abort(BrokerUnavailable(f"{request.name} was cancelled unanswered"))
+                raise
 
     # -- opening and closing -------------------------------------------------------------
 
@@ -392,8 +413,8 @@ class ConsumerConnection(asyncio.Protocol):
         mechanisms = start.mechanisms
         if isinstance(mechanisms, bytes):
             mechanisms = mechanisms.decode("ascii", "replace")
-        if "PLAIN" not in mechanisms.split():
-            raise ConfigError(f"RabbitMQ offers {mechanisms}, not PLAIN")
+        if url.mechanism not in mechanisms.split():
+            raise ConfigError(f"RabbitMQ offers {mechanisms}, not {url.mechanism}")
         from . import __version__
 
         properties: dict[str, Any] = {
@@ -412,8 +433,9 @@ class ConsumerConnection(asyncio.Protocol):
             properties["connection_name"] = url.name
         tune = await self._expect(
             amqp_frame.marshal(commands.Connection.StartOk(
-                client_properties=properties, mechanism="PLAIN",
-                response=f"\0{url.user}\0{url.password}", locale="en_US"), 0),
+                client_properties=properties, mechanism=url.mechanism,
+                response=f"\0{url.user}\0{url.password}" if url.mechanism == "PLAIN" else "",
+                locale="en_US"), 0),
             commands.Connection.Tune,
         )
         self._heartbeat = url.heartbeat
@@ -434,8 +456,8 @@ class ConsumerConnection(asyncio.Protocol):
 
     def _send_heartbeat(self) -> None:
         silent = self.loop.time() - self._last_read
-        # RabbitMQ beats every heartbeat/2 when idle; three missed beats and more is a
-        # dead peer or a dead path to it.
+        # RabbitMQ beats every heartbeat/2 when idle; silence for three heartbeat timeouts
+        # (aiormq's grace too) is a dead peer or a dead path to it.
         if silent > 3 * self._heartbeat:
             self._abort(BrokerUnavailable(f"no frame from RabbitMQ in {silent:.0f} s"))
             return
@@ -473,6 +495,7 @@ class ConsumerConnection(asyncio.Protocol):
         seconds, then the socket is closed anyway."""
         if self.closing.done() or self._transport is None:
             return
+        self._closing_started = True
         try:
             if self._opened and not self._transport.is_closing():
                 if self._waiter is not None:  # an RPC still waiting gets no answer now

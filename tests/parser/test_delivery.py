@@ -269,6 +269,24 @@ def test_records_never_move_from_one_message_to_the_next() -> None:
     assert [d.actions for d in together] == [[], []]
 
 
+def test_an_encode_batch_an_item_short_leaves_every_message_to_parse() -> None:
+    """Its items could not be matched to their records: none may be taken."""
+    chain = build_chain(["measurement"])
+    short = MessageDecoder("px", {"measurement": without_fast_path(
+        chain, lambda payload: chain.encode_batch(payload)[:-1])})
+    bodies = [_valid(3), _valid(2), _valid(4)]
+    with capture_logs() as logs:
+        together = short.decode_many("measurement", messages_of(bodies))
+        alone = short.decode("measurement", messages_of(bodies)[0])
+    slow = MessageDecoder("px", {"measurement": without_fast_path(chain)})
+    expected = [slow.decode("measurement", m) for m in messages_of(bodies)]
+    assert list(map(summary, together)) == list(map(summary, expected))
+    assert summary(alone) == summary(expected[0])
+    assert [d.count for d in together] == [3, 2, 4]
+    failures = [entry for entry in logs if entry["event"] == "encode_batch_failed"]
+    assert failures and "items for 9 records" in failures[0]["error"]
+
+
 def test_small_messages_take_one_pass_and_the_large_their_own() -> None:
     chain = build_chain(["measurement"])
     payloads: list[bytes] = []

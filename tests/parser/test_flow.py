@@ -184,3 +184,39 @@ async def test_the_window_is_bounded_in_records(amqp_url: str, namespace: str) -
     assert other._wanted_qos() == 1000
     other._avg_body, other._avg_records = 30_000.0, 500.0
     assert other._wanted_qos() == 10
+
+
+async def test_messages_a_decoder_bug_failed_go_back_to_the_queue(
+    amqp_url: str, namespace: str
+) -> None:
+    """The first decode raises (a bug, not bad input): those messages are requeued, not
+    left unanswered where they would hold every later ack back, and all are indexed."""
+    topology = Topology(namespace)
+    messages = [make_records(5, start=i * 5) for i in range(20)]
+    await publish(amqp_url, topology, messages)
+
+    class FailsOnce(MessageDecoder):
+        failed = 0
+
+        def decode_many(self, kind: str, arrived: Sequence[Any]) -> Any:
+            if not self.failed:
+                self.failed = len(arrived)
+                raise RuntimeError("a decoder bug")
+            return super().decode_many(kind, arrived)
+
+    store = CountingStore()
+    settings = ParserSettings(amqp_url=amqp_url, kinds=("measurement",))
+    decoder = FailsOnce("px", {"measurement": build_chain(["measurement"])})
+    metrics = ParserMetrics()
+    worker = Worker(settings, topology=topology, decoder=decoder,
+                    indexer=store,  # type: ignore[arg-type]
+                    dead_letters=DeadLetterPublisher(topology, "test"), metrics=metrics)
+    worker.start()
+    try:
+        await wait_until(lambda: sum(store.bulks) == 100 and worker.held_bytes == 0
+                         and metrics.inflight_messages == 0, "every record indexed")
+    finally:
+        await worker.stop(10)
+    assert decoder.failed > 0
+    assert metrics.messages_requeued._value.get() == decoder.failed
+    assert sum(store.bulks) == 100  # CountingStore: no duplicates were needed either

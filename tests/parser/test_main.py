@@ -64,7 +64,7 @@ def test_settings_from_environment_and_flags() -> None:
 @pytest.mark.parametrize(
     "environ",
     [{"SLUICE_BULK_SIZE": "0"}, {"SLUICE_KINDS": "Bad-Kind"}, {"SLUICE_RETRY_CAP": "0"},
-     {"SLUICE_KINDS": ""}],
+     {"SLUICE_KINDS": ""}, {"SLUICE_PREFETCH": "65536"}, {"SLUICE_PREFETCH_RECORDS": "0"}],
 )
 def test_invalid_settings_are_config_errors(environ: dict[str, str]) -> None:
     with pytest.raises(ConfigError):

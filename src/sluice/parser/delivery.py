@@ -58,6 +58,28 @@ _ELEMENTS = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
 _STR, _INT, _THREE = frozenset([str]), frozenset([int]), frozenset([3])
 
 
+def _array_length(body: bytes) -> Optional[int]:
+    """The element count in a msgpack array's header; None when ``body`` does not start
+    with one."""
+    if not body:
+        return None
+    first = body[0]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F
+    if first == 0xDC and len(body) >= 3:
+        return int.from_bytes(body[1:3], "big")
+    if first == 0xDD and len(body) >= 5:
+        return int.from_bytes(body[1:5], "big")
+    return None
+
+
+def _length(items: Any) -> Any:
+    try:
+        return len(items)
+    except TypeError:
+        return f"no list but a {type(items).__name__}"
+
+
 def _whole_ms(ts: Any) -> int:
     """``ts`` as integer epoch milliseconds: a float only when it is a whole number."""
     if ts is None:
@@ -200,7 +222,7 @@ class MessageDecoder:
                   b"\xdd" + total.to_bytes(4, "big"))
         low, high = self._bounds()
         actions = self._encode_actions(kind, encode, header + b"".join(map(b"".join, elements)),
-                                       low, high)
+                                       low, high, total)
         if actions is None:
             return None
         deliveries = []
@@ -220,7 +242,8 @@ class MessageDecoder:
                       high: int) -> bool:
         """The fast path: every record of the message through ``encode_batch``. False,
         with ``delivery`` untouched, when the record-by-record path must decide instead."""
-        actions = self._encode_actions(kind, encode, delivery.body, low, high)
+        actions = self._encode_actions(kind, encode, delivery.body, low, high,
+                                       _array_length(delivery.body))
         if actions is None:
             return False
         delivery.actions = actions
@@ -229,9 +252,10 @@ class MessageDecoder:
         return True
 
     def _encode_actions(self, kind: str, encode: BatchEncode, payload: bytes, low: int,
-                        high: int) -> Optional[list[bytes]]:
-        """The actions of every record in ``payload`` through ``encode_batch``; None when
-        the record-by-record path must decide instead."""
+                        high: int, records: Optional[int]) -> Optional[list[bytes]]:
+        """The actions of every record in ``payload`` (an array of ``records`` records, None:
+        not an array) through ``encode_batch``; None when the record-by-record path must
+        decide instead."""
         try:
             encoded = encode(payload)
         except Exception as exc:  # a plugin's bug: the slow path still handles the message
@@ -240,6 +264,13 @@ class MessageDecoder:
             )
             return None
         if encoded is None:
+            return None
+        if not isinstance(encoded, list) or len(encoded) != records:
+            # One item per record, or the actions cannot be matched to their records.
+            self._rate_limited.warning(
+                "encode_batch", "encode_batch_failed", kind=kind,
+                error=f"encode_batch made {_length(encoded)} items for {records} records",
+            )
             return None
         try:
             return self._assemble(kind, encoded, low, high)

@@ -82,6 +82,8 @@ class ParserSettings(OpsSettings, BrokerSettings, StoreSettings):
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
+        if self.prefetch > 65535:  # basic.qos carries a 16-bit count
+            raise ConfigError(f"prefetch must be at most 65535, not {self.prefetch}")
         if self.ts_max_age_days < 0 or self.ts_max_ahead_days < 0:
             raise ConfigError("ts_max_age_days and ts_max_ahead_days cannot be negative")
         if min(self.max_retries, self.bulk_linger_ms, self.item_retry_limit) < 0:

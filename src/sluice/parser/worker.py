@@ -170,8 +170,8 @@ class Worker:
 
     async def _stop_flow(self, timeout: float) -> None:
         """End the flow loop between two steps. Cancelled in the middle of one, an RPC
-        such as ``basic.qos`` would leave its answer to be taken for the next one's, and every delivery
-        indexed but not yet acked would come back to the queue to be indexed again."""
+        such as ``basic.qos`` closes the consuming connection, and every delivery indexed
+        but not yet acked would come back to the queue to be indexed again."""
         task = self._flow_task
         if task is None:
             return
@@ -189,6 +189,7 @@ class Worker:
             if handle is not None:
                 handle.cancel()
         self._timer = self._take_soon = None
+        self._arrived = {}  # never acked: back to the queue with the channel
         await self._tasks.close()
         await self.link.close()
 
@@ -270,11 +271,28 @@ class Worker:
     def _take_arrived(self) -> None:
         """Decode the messages that arrived since the last call (``decode_many``: small
         messages are encoded together) and batch them."""
-        self._take_soon = None
+        if self._take_soon is not None:  # called early, from _seal
+            self._take_soon.cancel()
+            self._take_soon = None
         arrived, self._arrived = self._arrived, {}
         for kind, messages in arrived.items():
-            for delivery in self._decoder.decode_many(kind, messages):
+            try:
+                deliveries = self._decoder.decode_many(kind, messages)
+            except Exception as exc:
+                # A bug, not bad input (that becomes dead letters): their tags are already
+                # registered, so unanswered they would hold every later ack back.
+                log.exception("decode_failed", kind=kind, messages=len(messages), error=repr(exc))
+                self._give_back([Delivery(kind, m.channel, m.delivery_tag, m.message_id, m.body)
+                                 for m in messages])
+                continue
+            for delivery in deliveries:
                 self._batch_one(delivery)
+
+    def _give_back(self, deliveries: list[Delivery]) -> None:
+        """Requeue deliveries that will never reach a bulk, in the background."""
+        self._metrics.inflight_messages -= len(deliveries)
+        self.held_bytes -= sum(len(d.body) for d in deliveries)
+        self._tasks.spawn(self._requeue(deliveries), name="requeue")
 
     def _batch_one(self, delivery: Delivery) -> None:
         self._metrics.received(delivery.kind, delivery.count)
