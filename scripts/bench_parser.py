@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 SCRIPT = os.path.abspath(__file__)
@@ -259,98 +260,75 @@ def floor_window(args: argparse.Namespace) -> int:
     return max(1, min(defaults.prefetch, defaults.prefetch_records // args.batch))
 
 
-async def run_floor(args: argparse.Namespace, records: list[dict[str, Any]]) -> float:
-    """Messages/s of a bare aiormq consumer that acks every 100 and does nothing else."""
+class _Seen:
+    """Counts a floor's deliveries, times them from the first, and says when to ack."""
+
+    def __init__(self, messages: int) -> None:
+        self.messages = messages
+        self.count = 0
+        self.started = self.cpu_started = 0.0
+        self.done = asyncio.Event()
+
+    def one(self) -> bool:
+        """One more delivery; True when it is to be acked (with multiple, every 100)."""
+        self.count += 1
+        if self.count == 1:
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
+        if self.count == self.messages:
+            self.done.set()
+        return self.count % 100 == 0 or self.count == self.messages
+
+    async def finished(self) -> tuple[float, float]:
+        await self.done.wait()
+        return time.perf_counter() - self.started, time.process_time() - self.cpu_started
+
+
+async def drain_aiormq(url: str, queue: str, messages: int, window: int) -> tuple[float, float]:
     import aiormq
 
+    conn = await aiormq.connect(url)
+    try:
+        channel = await conn.channel()
+        await channel.basic_qos(prefetch_count=window)
+        seen = _Seen(messages)
+
+        async def on_message(message: Any) -> None:
+            if seen.one():
+                await channel.basic_ack(message.delivery_tag, multiple=True)
+
+        await channel.basic_consume(queue, on_message)
+        return await seen.finished()
+    finally:
+        await conn.close()
+
+
+async def drain_lean(url: str, queue: str, messages: int, window: int) -> tuple[float, float]:
+    from sluice.amqpconsumer import Delivered, connect
+
+    conn = await connect(url)
+    try:
+        channel = await conn.channel()
+        await channel.basic_qos(prefetch_count=window)
+        seen = _Seen(messages)
+        acks: list[asyncio.Future[None]] = []
+
+        def on_message(message: Delivered) -> None:
+            if seen.one():
+                acks.append(asyncio.ensure_future(
+                    channel.basic_ack(message.delivery_tag, multiple=True)))
+
+        await channel.basic_consume(queue, on_message)
+        return await seen.finished()
+    finally:
+        await conn.close()
+
+
+async def run_floor(args: argparse.Namespace, records: list[dict[str, Any]], what: str,
+                    drain: Callable[[str, str, int, int], Awaitable[tuple[float, float]]]) -> float:
+    """Messages/s of a consumer that only acks (``drain``), on a queue of its own."""
     from sluice.topology import Topology
 
     namespace = f"benchfloor{uuid.uuid4().hex[:8]}"
-    try:
-        messages = await fill_queue(args.amqp_url, namespace, records, args.batch)
-        conn = await aiormq.connect(args.amqp_url)
-        try:
-            channel = await conn.channel()
-            await channel.basic_qos(prefetch_count=floor_window(args))
-            done = asyncio.Event()
-            seen = 0
-            started = 0.0
-
-            cpu_started = 0.0
-
-            async def on_message(message: Any) -> None:
-                nonlocal seen, started, cpu_started
-                seen += 1
-                if seen == 1:
-                    started, cpu_started = time.perf_counter(), time.process_time()
-                if seen % 100 == 0 or seen == messages:
-                    await channel.basic_ack(message.delivery_tag, multiple=True)
-                if seen == messages:
-                    done.set()
-
-            await channel.basic_consume(Topology(namespace).raw_queue("measurement"), on_message)
-            await asyncio.wait_for(done.wait(), args.timeout)
-            elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu_started
-        finally:
-            await conn.close()
-    finally:
-        await delete_namespace(args.amqp_url, namespace)
-    print(f"AMQP floor: {messages} messages consumed and acked by a bare aiormq consumer, "
-          f"{elapsed:.3f} s; its CPU time {cpu:.3f} s ({messages / cpu:,.0f} messages per CPU-second)")
-    return messages / elapsed
-
-
-async def run_lean_floor(args: argparse.Namespace, records: list[dict[str, Any]]) -> float:
-    """Messages/s of the parser's own consumer (:mod:`sluice.amqpconsumer`) alone, acking
-    every 100 like the aiormq floor: what the parser's AMQP layer leaves for the rest."""
-    from sluice.amqpconsumer import Delivered, connect
-    from sluice.topology import Topology
-
-    namespace = f"benchlean{uuid.uuid4().hex[:8]}"
-    try:
-        messages = await fill_queue(args.amqp_url, namespace, records, args.batch)
-        conn = await connect(args.amqp_url)
-        try:
-            channel = await conn.channel()
-            await channel.basic_qos(prefetch_count=floor_window(args))
-            done = asyncio.Event()
-            seen = 0
-            started = cpu_started = 0.0
-            acks: list[asyncio.Future[None]] = []
-
-            def on_message(message: Delivered) -> None:
-                nonlocal seen, started, cpu_started
-                seen += 1
-                if seen == 1:
-                    started, cpu_started = time.perf_counter(), time.process_time()
-                if seen % 100 == 0 or seen == messages:
-                    acks.append(asyncio.ensure_future(
-                        channel.basic_ack(message.delivery_tag, multiple=True)))
-                if seen == messages:
-                    done.set()
-
-            await channel.basic_consume(Topology(namespace).raw_queue("measurement"), on_message)
-            await asyncio.wait_for(done.wait(), args.timeout)
-            elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu_started
-        finally:
-            await conn.close()
-    finally:
-        await delete_namespace(args.amqp_url, namespace)
-    print(f"lean floor: {messages} messages consumed and acked by sluice.amqpconsumer alone, "
-          f"{elapsed:.3f} s; its CPU time {cpu:.3f} s ({messages / cpu:,.0f} messages per CPU-second)")
-    return messages / elapsed
-
-
-async def run_broker_floor(args: argparse.Namespace, records: list[dict[str, Any]]) -> float:
-    """Messages/s to a consumer with no AMQP library (:mod:`rawamqp`): the broker's own
-    ceiling for one consumer here, acked the same way as the aiormq floor."""
-    from rawamqp import drain
-
-    from sluice.topology import Topology
-
-    namespace = f"benchwire{uuid.uuid4().hex[:8]}"
     try:
         messages = await fill_queue(args.amqp_url, namespace, records, args.batch)
         elapsed, cpu = await asyncio.wait_for(drain(
@@ -358,8 +336,8 @@ async def run_broker_floor(args: argparse.Namespace, records: list[dict[str, Any
             floor_window(args)), args.timeout)
     finally:
         await delete_namespace(args.amqp_url, namespace)
-    print(f"broker floor: {messages} messages consumed and acked without an AMQP library, "
-          f"{elapsed:.3f} s; its CPU time {cpu:.3f} s")
+    print(f"{what}: {messages} messages consumed and acked, {elapsed:.3f} s; its CPU time "
+          f"{cpu:.3f} s ({messages / cpu:,.0f} messages per CPU-second)")
     return messages / elapsed
 
 
@@ -406,9 +384,11 @@ async def bench(args: argparse.Namespace) -> int:
         finally:
             await delete_namespace(args.amqp_url, namespace)
         naive = await run_naive(es_url, make_records(args.naive))
-        floor = await run_floor(args, records)
-        lean = await run_lean_floor(args, records)
-        broker = await run_broker_floor(args, records)
+        from rawamqp import drain as drain_wire
+
+        floor = await run_floor(args, records, "AMQP floor (aiormq)", drain_aiormq)
+        lean = await run_floor(args, records, "lean floor (sluice.amqpconsumer)", drain_lean)
+        broker = await run_floor(args, records, "broker floor (no AMQP library)", drain_wire)
     finally:
         endpoint.send_signal(signal.SIGTERM)
         endpoint.wait(10)
