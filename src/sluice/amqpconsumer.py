@@ -356,11 +356,11 @@ class ConsumerConnection(asyncio.Protocol):
     def _on_method(self, channel: int, raw: bytes) -> None:
         _, _, method = amqp_frame.unmarshal(raw)
         if isinstance(method, commands.Connection.Close):
-            self._answer_close(amqp_frame.marshal(commands.Connection.CloseOk(), 0))
+            self._write_if_open(amqp_frame.marshal(commands.Connection.CloseOk(), 0))
             self._abort(BrokerUnavailable(
                 f"RabbitMQ closed the connection: {method.reply_code} {method.reply_text}"))
         elif isinstance(method, commands.Channel.Close):
-            self._answer_close(amqp_frame.marshal(commands.Channel.CloseOk(), channel))
+            self._write_if_open(amqp_frame.marshal(commands.Channel.CloseOk(), channel))
             self._abort(BrokerUnavailable(
                 f"RabbitMQ closed the consuming channel: {method.reply_code} {method.reply_text}"))
         elif isinstance(method, commands.Basic.Cancel):
@@ -376,9 +376,10 @@ class ConsumerConnection(asyncio.Protocol):
         else:
             log.warning("amqp_unexpected_frame", frame=method.name, channel=channel)
 
-    def _answer_close(self, close_ok: bytes) -> None:
+    def _write_if_open(self, data: bytes) -> None:
+        """For frames that mean nothing once the socket is closing (heartbeats, close-oks)."""
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(close_ok)
+            self._transport.write(data)
 
     def write(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -461,8 +462,7 @@ class ConsumerConnection(asyncio.Protocol):
         if silent > 3 * self._heartbeat:
             self._abort(BrokerUnavailable(f"no frame from RabbitMQ in {silent:.0f} s"))
             return
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(_HEARTBEAT)
+        self._write_if_open(_HEARTBEAT)
         self._beat = self.loop.call_later(self._heartbeat / 2, self._send_heartbeat)
 
     async def channel(self) -> ConsumerChannel:

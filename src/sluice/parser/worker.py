@@ -290,9 +290,13 @@ class Worker:
 
     def _give_back(self, deliveries: list[Delivery]) -> None:
         """Requeue deliveries that will never reach a bulk, in the background."""
+        self._release(deliveries)
+        self._tasks.spawn(self._requeue(deliveries), name="requeue")
+
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """Deliveries no longer held here: answered, or about to be."""
         self._metrics.inflight_messages -= len(deliveries)
         self.held_bytes -= sum(len(d.body) for d in deliveries)
-        self._tasks.spawn(self._requeue(deliveries), name="requeue")
 
     def _batch_one(self, delivery: Delivery) -> None:
         self._metrics.received(delivery.kind, delivery.count)
@@ -391,8 +395,7 @@ class Worker:
                 log.exception("bulk_flush_failed", error=repr(exc), messages=len(batch))
                 await self._requeue([d for d in batch if not d.channel.is_closed])
             finally:
-                self._metrics.inflight_messages -= len(batch)
-                self.held_bytes -= sum(len(d.body) for d in batch)
+                self._release(batch)
                 self._check_flow()
 
     async def _flush(self, batch: Batch) -> None:
