@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import time
 import uuid
 from pathlib import Path
@@ -14,7 +15,13 @@ import pytest
 from sluice.client.batch import OutBatch
 from sluice.client.feed import Feed
 from sluice.client.report import Stats
-from sluice.client.sources import FileSource, GeneratorSource, MeasurementGenerator, parse_line
+from sluice.client.sources import (
+    METRICS,
+    FileSource,
+    GeneratorSource,
+    MeasurementGenerator,
+    parse_line,
+)
 from sluice.errors import RecordError
 from sluice.records import validate_measurement
 
@@ -60,6 +67,23 @@ def test_generated_records_are_valid_unique_measurements() -> None:
     gen2 = MeasurementGenerator(3, "inst", 7)
     payload = gen2.payload(5, 1_700_000_000_123)
     assert msgpack.packb(msgpack.unpackb(payload, raw=False), use_bin_type=True) == payload
+
+
+def test_record_k_follows_the_documented_rule_across_batches() -> None:
+    # Batches that cut through the id counter's table of low digits (4096 entries) and
+    # through the cycle of sensors: record k is still sensor k % sensors, its id ends in k
+    # as 12 hex digits, and its value is the k-th draw after the one the prefix took.
+    sensors = 7
+    gen = MeasurementGenerator(11, "inst", sensors)
+    records = _records(gen, [4095, 2, 1, 8200, 3])
+    rng = random.Random(11)
+    rng.getrandbits(128)
+    for k, record in enumerate(records):
+        metric = METRICS[k % sensors % len(METRICS)]
+        assert record["id"] == f"{gen.id_prefix}{k:012x}"
+        assert record["sensor"] == f"sensor-{k % sensors:05d}"
+        assert record["value"] == metric.low + (metric.high - metric.low) * rng.random()
+    assert len(records) == gen.made == 12301
 
 
 async def _collect(source: GeneratorSource | FileSource, maxsize: int = 1000) -> list[OutBatch]:
