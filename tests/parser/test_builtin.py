@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import time
 
 import msgpack
@@ -122,6 +123,25 @@ def test_measurement_refuses_dotted_tag_keys_on_both_paths(tags: dict[str, str])
         parser.parse(record(tags=tags))
     assert caught.value.reason == "bad_tags"
     assert parser.encode_batch(msgpack.packb([record(id="r-0"), record(id="r-2")])) is not None
+
+
+def test_the_batch_path_cuts_documents_only_where_they_end() -> None:
+    # encode_batch encodes a whole message at once and cuts it at each '},{"id":'. Text
+    # that spells the cut, in every string and tag a record has, must stay where it is.
+    cut = '},{"id":"x"},{'
+    records = [
+        record(id=f"r-{k}{cut}", sensor=cut, metric=cut + "\\", unit=cut,
+               tags={"id": cut, "k" + cut.replace(".", ""): '"},{"id":'}, ts=1_700_000_000_123 + k)
+        for k in range(4)
+    ] + [record(id="plain", tags=None, unit=None), record(id="last\\")]
+    clock = lambda: 1_700_000_000.5  # noqa: E731
+    parser = MeasurementParser(clock=clock)
+    encoded = parser.encode_batch(msgpack.packb(records))
+    assert encoded is not None and len(encoded) == len(records)
+    for original, (doc_id, ts, source) in zip(records, encoded):
+        doc = MeasurementParser(clock=clock).parse(original)
+        assert (doc_id, ts) == (doc["id"], doc["ts"])
+        assert json.loads(source) == doc
 
 
 def test_measurement_does_not_touch_its_input() -> None:

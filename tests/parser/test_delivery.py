@@ -163,6 +163,25 @@ def test_the_fast_path_makes_what_parse_makes_across_days() -> None:
     assert len({head["create"]["_index"] for head, _ in comparable(fast.actions)}) == 4
 
 
+@given(st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=8, unique=True))
+@settings(max_examples=200, deadline=None)
+def test_the_fast_path_writes_every_id_as_parse_does(ids: list[str]) -> None:
+    # The fast path encodes all ids at once and cuts them apart at each '","'.
+    ids = [*ids, '","', '\\', 'a\\","b', '"', 'é\n\u2028']
+    records = [r | {"id": doc_id} for doc_id, r in zip(ids, make_records(len(ids)))]
+    body = msgpack.packb(records)
+    chain = build_chain(["measurement"])
+    only_fast = SimpleNamespace(names=chain.names, accepts=chain.accepts, parse=None,
+                                encode_batch=chain.encode_batch)  # parse would raise
+    fast = MessageDecoder("px", {"measurement": only_fast}).decode("measurement", message(body))
+    assert (fast.letters, fast.positions) == ([], list(range(len(ids))))
+    slow = MessageDecoder("px", {"measurement": without_fast_path(chain)}).decode(
+        "measurement", message(body))
+    heads = [action.split(b"\n")[0] for action in fast.actions]
+    assert heads == [action.split(b"\n")[0] for action in slow.actions]
+    assert [orjson.loads(head)["create"]["_id"] for head in heads] == ids
+
+
 CORRUPTIONS = {
     "pairs": lambda encoded: [(doc_id, ts) for doc_id, ts, _ in encoded],
     "text_source": lambda encoded: [(i, ts, s.decode()) for i, ts, s in encoded],

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from itertools import chain
-from operator import attrgetter, itemgetter
+from itertools import chain, repeat
+from operator import attrgetter, floordiv, mod
 from typing import Callable, Optional
 
 import msgspec
@@ -69,7 +69,8 @@ _MILLIS = tuple(f".{ms:03d}Z".encode() for ms in range(1000))
 _DECODE_MEASUREMENTS = msgspec.msgpack.Decoder(list[MeasurementRecord]).decode
 _ENCODE_JSON = msgspec.json.Encoder().encode
 _ID_OF, _TS_OF, _TAGS_OF = attrgetter("id"), attrgetter("ts"), attrgetter("tags")
-_ALL_BUT_LAST = itemgetter(slice(0, -1))
+_BETWEEN = b'},{"id":'
+_OPEN_ID = len(b'[{"id":')
 
 
 class MeasurementParser:
@@ -103,10 +104,10 @@ class MeasurementParser:
         """What ``parse`` makes of every record, as JSON; None unless every record is valid.
 
         Column by column: every step below is one C-level pass over the message (``map``
-        over a C callable, ``zip``, ``join``), so no Python bytecode runs per record except
-        for each distinct ``ts``. The struct's JSON ends with ``}``; the three added fields
-        are spliced in before it (``ingested_at`` is read once per message: its records
-        are parsed within a millisecond or two).
+        over a C callable, ``zip``, ``join``, ``split``), so no Python bytecode runs per
+        record, only per distinct second of ``ts``. The three added fields are spliced in
+        where each struct's JSON closes (``ingested_at`` is read once per message: its
+        records are parsed within a millisecond or two).
         """
         try:
             records = _DECODE_MEASUREMENTS(payload)
@@ -116,25 +117,46 @@ class MeasurementParser:
         # every key of the message in one string, and one search. UNSET is falsy.
         if "." in "".join(chain.from_iterable(filter(None, map(_TAGS_OF, records)))):
             return None
+        if not records:
+            return []
         stamps = list(map(_TS_OF, records))
         now = self._now(int(self._clock() * 1000)).encode()
         tail = b'","ingested_at":"' + now + b'","parser":"measurement"}'
-        tails = {ts: self._timestamp_field(ts) + tail for ts in set(stamps)}
-        documents = map(b"".join, zip(
-            map(_ALL_BUT_LAST, map(_ENCODE_JSON, records)), map(tails.__getitem__, stamps)
-        ))
+        # One encode for the whole message, then cut at each '},{"id":'. Every document
+        # starts with '{"id":' (the struct's first field) and a '},' ends a document only
+        # (``tags``, the one object inside, is the last field), and no JSON string holds
+        # an unescaped quote. One call and one split cost a third less than a call each.
+        pieces = _ENCODE_JSON(records)[_OPEN_ID:-2].split(_BETWEEN)
+        if len(pieces) != len(records):  # cannot happen, but records must not shift
+            return None
+        first = stamps[0]
+        if first == min(stamps) == max(stamps):  # one ts: a client's batch, stamped once
+            documents = map(b"".join, zip(
+                repeat(b'{"id":'), pieces, repeat(self._timestamp_field(first) + tail)
+            ))
+        else:  # ``@timestamp`` as two columns: the second's text, then the millisecond's
+            seconds = list(map(floordiv, stamps, repeat(1000)))
+            texts = {second: self._second_text(second) for second in set(seconds)}
+            documents = map(b"".join, zip(
+                repeat(b'{"id":'), pieces, repeat(b',"@timestamp":"'),
+                map(texts.__getitem__, seconds), map(_MILLIS.__getitem__, map(mod, stamps, repeat(1000))),
+                repeat(tail),
+            ))
         return list(zip(map(_ID_OF, records), stamps, documents))
 
     def _timestamp_field(self, ts: int) -> bytes:
         """``,"@timestamp":"<ts as ISO 8601>`` (the closing quote is the tail's)."""
         second, ms = divmod(ts, 1000)
+        return b',"@timestamp":"' + self._second_text(second) + _MILLIS[ms]
+
+    def _second_text(self, second: int) -> bytes:
         # The last second's text is kept across messages: a message's records, and the
         # next message's, mostly fall in the same second.
         last, text = self._stamp
         if second != last:
             text = second_text(second).encode()
             self._stamp = (second, text)
-        return b',"@timestamp":"' + text + _MILLIS[ms]
+        return text
 
     def example(self) -> Document:
         return {
