@@ -19,7 +19,9 @@ the endpoint, so they are measured the same way. Prints records/s, the client's 
 latency, record-to-stored latency p50/p99 (sampled: three documents per bulk, weighted by
 the bulk's size), CPU microseconds per record of every process on the path (the broker's
 when it is one local node; the endpoint's; rsyslog's feeder, this process) and the ratio
-sluice/rsyslog. Targets: ratio >= 1.0 with one parser;
+sluice/rsyslog, and one parser's ceiling: the records one parser process handles per second
+of its own CPU (with K parsers the chain cannot pass K times that, even with a core each).
+Targets: ratio >= 1.0 with one parser;
 record-to-stored p99 < 2 s at half the maximum rate (``--rate``). A benchmark, not a
 test: it prints what it measured and exits 0 unless something broke.
 
@@ -484,6 +486,12 @@ async def bench(args: argparse.Namespace) -> int:
     print(describe("sluice", sluice, args.records)
           + f"\n         client ack latency p50 {client.get('ack_latency_p50_ms', 0):,.1f} ms, "
           f"p99 {client.get('ack_latency_p99_ms', 0):,.1f} ms")
+    parser_cpu = sluice["cpu"]["parsers"] / args.parsers
+    if parser_cpu > 0:
+        # Each record passes one parser process, so the chain cannot outrun the records
+        # a parser handles per second of its own CPU, even with a core to itself.
+        print(f"         one parser's ceiling: {args.records / args.parsers / parser_cpu:,.0f} "
+              f"records/s per process (its records per CPU-second)")
     if rsyslog is not None:
         ratio = rate_of(sluice, args.records) / rate_of(rsyslog, args.records)
         print(describe("rsyslog", rsyslog, args.records))
