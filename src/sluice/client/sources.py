@@ -160,11 +160,13 @@ class MeasurementGenerator:
             for high in range(start >> 12, ((end - 1) >> 12) + 1)
         )
         lows = islice(cycle(_LOW_HEX), start & 0xFFF, (start & 0xFFF) + count)
-        self._next = end
-        return array_header(count) + b"".join(map(
+        stamp = b"\xa2ts\xcf" + _UINT64(ts)
+        records = b"".join(map(
             struct.Struct.pack, per_sensor(self._layouts), heads, lows,
-            per_sensor(self._middles), values, repeat(b"\xa2ts\xcf" + _UINT64(ts)),
+            per_sensor(self._middles), values, repeat(stamp),
         ))
+        self._next = end
+        return array_header(count) + records
 
 
 def _now_ms() -> int:

@@ -4,8 +4,8 @@ They are registered in :data:`sluice.parser.registry.BUILTIN`. Both are on the h
 (a parser process must sustain hundreds of thousands of records per second), hence the
 cached timestamp formatting below instead of a ``datetime`` per record, and the measurement
 parser's ``encode_batch``: msgspec decodes and checks a whole message into
-:class:`~sluice.records.MeasurementRecord` structs and encodes each document, one C pass
-each, about six times cheaper than ``parse`` and orjson per record.
+:class:`~sluice.records.MeasurementRecord` structs and encodes them all, one C pass each,
+about six times cheaper than ``parse`` and orjson per record.
 """
 
 from __future__ import annotations
