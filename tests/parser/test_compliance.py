@@ -14,7 +14,8 @@ For each name in ``registry.known_names()`` (built with default options):
 - if it offers the optional fast path ``encode_batch``, that agrees with ``parse``: for a
   message of records ``parse`` all accepts it gives each document's id, ts and JSON; for
   any other message, or bytes that are no message at all, it declines (None), never
-  raising.
+  raising; and ``encode_columns``, if offered too, makes the same documents as columns
+  and declines the same messages.
 
 A plugin author runs this file with the plugin installed to check it.
 """
@@ -33,7 +34,7 @@ from hypothesis import strategies as st
 
 from sluice.errors import RecordError
 from sluice.parser import registry
-from sluice.parser.interface import ANY_KIND, BatchEncoder, Parser
+from sluice.parser.interface import ANY_KIND, BatchEncoder, ColumnEncoder, Columns, Parser
 
 NAMES = registry.known_names()
 PROPERTY = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -250,10 +251,32 @@ def canonical(doc: Any) -> bytes:
     return orjson.dumps(without_clock(doc), option=orjson.OPT_SORT_KEYS)
 
 
+def joined(columns: Columns) -> list[tuple[str, int, bytes]]:
+    """``encode_columns``' documents, each joined from its parts as the worker joins them."""
+    count = len(columns.ids)
+    assert len(columns.stamps) == count and (columns.parts or not count)
+    parts = []
+    for part in columns.parts:
+        assert isinstance(part, bytes) or len(part) == count
+        parts.append([part] * count if isinstance(part, bytes) else part)
+    return list(zip(columns.ids, columns.stamps, map(b"".join, zip(*parts))))
+
+
 def check_batch(parser: Parser, records: list[Any]) -> None:
-    """``encode_batch`` of a message of ``records``: declined, or what ``parse`` makes."""
+    """``encode_batch`` of a message of ``records``: declined, or what ``parse`` makes;
+    and ``encode_columns``, when offered, makes the same documents."""
     assert isinstance(parser, BatchEncoder)
-    encoded = parser.encode_batch(msgpack.packb(records, use_bin_type=True))
+    payload = msgpack.packb(records, use_bin_type=True)
+    encoded = parser.encode_batch(payload)
+    if isinstance(parser, ColumnEncoder):
+        columns = parser.encode_columns(payload)
+        assert (columns is None) == (encoded is None)
+        if columns is not None and encoded is not None:
+            assert isinstance(columns, Columns)
+            by_columns = joined(columns)
+            assert [(i, ts) for i, ts, _ in by_columns] == [(i, ts) for i, ts, _ in encoded]
+            assert [canonical(orjson.loads(doc)) for _, _, doc in by_columns] == \
+                [canonical(orjson.loads(doc)) for _, _, doc in encoded]
     if encoded is None:
         return
     assert isinstance(encoded, list)
@@ -306,6 +329,8 @@ def test_encode_batch_declines_what_parse_refuses(batch_parser: Parser) -> None:
         for bad in BAD[kind]:
             assert isinstance(batch_parser, BatchEncoder)
             assert batch_parser.encode_batch(msgpack.packb([*good, bad])) is None, bad
+            if isinstance(batch_parser, ColumnEncoder):
+                assert batch_parser.encode_columns(msgpack.packb([*good, bad])) is None, bad
 
 
 @pytest.mark.parametrize("payload", [
@@ -315,3 +340,5 @@ def test_encode_batch_declines_what_parse_refuses(batch_parser: Parser) -> None:
 def test_encode_batch_declines_bytes_that_are_no_message(batch_parser: Parser, payload: bytes) -> None:
     assert isinstance(batch_parser, BatchEncoder)
     assert batch_parser.encode_batch(payload) is None
+    if isinstance(batch_parser, ColumnEncoder):
+        assert batch_parser.encode_columns(payload) is None

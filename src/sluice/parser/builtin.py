@@ -3,9 +3,9 @@
 They are registered in :data:`sluice.parser.registry.BUILTIN`. Both are on the hot path
 (a parser process must sustain hundreds of thousands of records per second), hence the
 cached timestamp formatting below instead of a ``datetime`` per record, and the measurement
-parser's ``encode_batch``: msgspec decodes and checks a whole message into
-:class:`~sluice.records.MeasurementRecord` structs and encodes them all, one C pass each,
-about six times cheaper than ``parse`` and orjson per record.
+parser's ``encode_columns`` (and ``encode_batch``, made from it): msgspec decodes and
+checks a whole message into :class:`~sluice.records.MeasurementRecord` structs and encodes
+them all, one C pass each, about six times cheaper than ``parse`` and orjson per record.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import msgspec
 from ..errors import ConfigError, RecordError
 from ..records import MEASUREMENT_KIND, MeasurementRecord, validate_measurement
 from ..timestamps import second_text
-from .interface import ANY_KIND, Document, Encoded, Record
+from .interface import ANY_KIND, Columns, Document, Encoded, Record
 
 __all__ = ["MeasurementParser", "UppercaseParser"]
 
@@ -101,13 +101,21 @@ class MeasurementParser:
         return doc
 
     def encode_batch(self, payload: bytes) -> Optional[list[Encoded]]:
-        """What ``parse`` makes of every record, as JSON; None unless every record is valid.
+        """What ``parse`` makes of every record, as JSON; None unless every record is valid."""
+        columns = self.encode_columns(payload)
+        if columns is None:
+            return None
+        parts = [repeat(part) if isinstance(part, bytes) else part for part in columns.parts]
+        return list(zip(columns.ids, columns.stamps, map(b"".join, zip(*parts))))
 
-        Column by column: every step below is one C-level pass over the message (``map``
-        over a C callable, ``zip``, ``join``, ``split``), so no Python bytecode runs per
-        record, only per distinct second of ``ts``. The three added fields are spliced in
-        where each struct's JSON closes (``ingested_at`` is read once per message: its
-        records are parsed within a millisecond or two).
+    def encode_columns(self, payload: bytes) -> Optional[Columns]:
+        """``encode_batch``'s documents as columns, which the worker joins into its actions.
+
+        Every step below is one C-level pass over the message (``map`` over a C callable,
+        ``zip``, ``join``, ``split``), so no Python bytecode runs per record, only per
+        distinct second of ``ts``. The three added fields are spliced in where each
+        struct's JSON closes (``ingested_at`` is read once per message: its records are
+        parsed within a millisecond or two).
         """
         try:
             records = _DECODE_MEASUREMENTS(payload)
@@ -118,7 +126,7 @@ class MeasurementParser:
         if "." in "".join(chain.from_iterable(filter(None, map(_TAGS_OF, records)))):
             return None
         if not records:
-            return []
+            return Columns([], [], ())
         stamps = list(map(_TS_OF, records))
         now = self._now(int(self._clock() * 1000)).encode()
         tail = b'","ingested_at":"' + now + b'","parser":"measurement"}'
@@ -130,20 +138,17 @@ class MeasurementParser:
         pieces = _ENCODE_JSON(records)[_OPEN_ID:-2].split(_BETWEEN)
         if len(pieces) != len(records):  # cannot happen, but records must not shift
             return None
+        ids = list(map(_ID_OF, records))
         first = stamps[0]
         if first == min(stamps) == max(stamps):  # one ts: a client's batch, stamped once
-            documents = map(b"".join, zip(
-                repeat(b'{"id":'), pieces, repeat(self._timestamp_field(first) + tail)
-            ))
-        else:  # ``@timestamp`` as two columns: the second's text, then the millisecond's
-            seconds = list(map(floordiv, stamps, repeat(1000)))
-            texts = {second: self._second_text(second) for second in set(seconds)}
-            documents = map(b"".join, zip(
-                repeat(b'{"id":'), pieces, repeat(b',"@timestamp":"'),
-                map(texts.__getitem__, seconds), map(_MILLIS.__getitem__, map(mod, stamps, repeat(1000))),
-                repeat(tail),
-            ))
-        return list(zip(map(_ID_OF, records), stamps, documents))
+            return Columns(ids, stamps, (b'{"id":', pieces, self._timestamp_field(first) + tail))
+        # ``@timestamp`` as two columns: the second's text, then the millisecond's.
+        seconds = list(map(floordiv, stamps, repeat(1000)))
+        texts = {second: self._second_text(second) for second in set(seconds)}
+        return Columns(ids, stamps, (
+            b'{"id":', pieces, b',"@timestamp":"', list(map(texts.__getitem__, seconds)),
+            list(map(_MILLIS.__getitem__, map(mod, stamps, repeat(1000)))), tail,
+        ))
 
     def _timestamp_field(self, ts: int) -> bytes:
         """``,"@timestamp":"<ts as ISO 8601>`` (the closing quote is the tail's)."""

@@ -7,10 +7,12 @@ below checks and builds a message's actions column by column, each step one C-le
 (``map``, ``zip``, ``min``/``max``), so no bytecode runs per record there (but for a
 message whose records fall on several days).
 
-When a kind's chain offers ``encode_batch`` (:class:`~sluice.parser.interface.BatchEncoder`),
-a message is first tried whole through it; only a message it declines (some record is
-invalid, or the body is not an array) is decoded and parsed record by record, which is
-also what names the reason of each refusal.
+When a kind's chain offers ``encode_columns`` (:class:`~sluice.parser.interface.ColumnEncoder`)
+or ``encode_batch`` (:class:`~sluice.parser.interface.BatchEncoder`), a message is first
+tried whole through it; only a message it declines (some record is invalid, or the body is
+not an array) is decoded and parsed record by record, which is also what names the reason
+of each refusal. Both are checked and assembled by one path: ``encode_batch``'s items are
+turned into columns first.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ from ..records import TsWindow
 from ..timestamps import MS_PER_DAY
 from .deadletter import POISON, DeadLetter
 from .indexer import action_prefix
-from .interface import Encoded
+from .interface import Columns, Encoded
 
 __all__ = ["Chain", "Delivery", "MessageDecoder"]
 
 log = get_logger(__name__)
 
 BatchEncode = Callable[[bytes], Optional[list[Encoded]]]
+ColumnsEncode = Callable[[bytes], Optional[Columns]]
 
 # Distinct days seen before the action-prefix cache is cleared (backfills span many).
 _DAY_CACHE_LIMIT = 4096
@@ -74,10 +77,29 @@ def _array_length(body: bytes) -> Optional[int]:
 
 
 def _length(items: Any) -> Any:
+    if isinstance(items, Columns):
+        return len(items.ids)
     try:
         return len(items)
     except TypeError:
         return f"no list but a {type(items).__name__}"
+
+
+def _as_columns(encode: BatchEncode) -> ColumnsEncode:
+    """``encode_batch`` as ``encode_columns``: the same checks and assembly serve both."""
+
+    def encode_columns(payload: bytes) -> Any:
+        encoded = encode(payload)
+        if not isinstance(encoded, list):
+            return encoded  # None, or out of contract: judged by the caller
+        if not encoded:
+            return Columns([], [], ())
+        if not _THREE.issuperset(map(len, encoded)):  # zip(*) would drop what is past 3
+            raise ValueError("encode_batch made items that are not (id, ts, JSON)")
+        ids, stamps, sources = zip(*encoded)
+        return Columns(ids, stamps, (sources,))
+
+    return encode_columns
 
 
 def _whole_ms(ts: Any) -> int:
@@ -142,11 +164,14 @@ class MessageDecoder:
         self._prefix = index_prefix
         self._chains = dict(chains)
         self._actions: dict[str, dict[int, bytes]] = {kind: {} for kind in chains}
-        self._batch_encoders: dict[str, BatchEncode] = {}
+        self._batch_encoders: dict[str, ColumnsEncode] = {}
         for kind, chain in chains.items():
+            columns: Optional[ColumnsEncode] = getattr(chain, "encode_columns", None)
             encode: Optional[BatchEncode] = getattr(chain, "encode_batch", None)
-            if encode is not None:
-                self._batch_encoders[kind] = encode
+            if columns is not None:
+                self._batch_encoders[kind] = columns
+            elif encode is not None:
+                self._batch_encoders[kind] = _as_columns(encode)
         self._rate_limited = RateLimitedLog(log)
 
     def _action_prefix(self, kind: str, day: int) -> bytes:
@@ -209,7 +234,7 @@ class MessageDecoder:
         return [next(in_order) if len(m.body) <= SMALL_BODY else self.decode(kind, m)
                 for m in messages]
 
-    def _decode_together(self, kind: str, encode: BatchEncode,
+    def _decode_together(self, kind: str, encode: ColumnsEncode,
                          messages: Sequence[Delivered]) -> Optional[list[Delivery]]:
         try:
             elements = list(map(_ELEMENTS, [m.body for m in messages]))
@@ -238,7 +263,7 @@ class MessageDecoder:
         return (self._window.bounds(int(self._clock() * 1000)) if self._window is not None
                 else (-(2**63), 2**63))
 
-    def _encode_whole(self, kind: str, encode: BatchEncode, delivery: Delivery, low: int,
+    def _encode_whole(self, kind: str, encode: ColumnsEncode, delivery: Delivery, low: int,
                       high: int) -> bool:
         """The fast path: every record of the message through ``encode_batch``. False,
         with ``delivery`` untouched, when the record-by-record path must decide instead."""
@@ -251,7 +276,7 @@ class MessageDecoder:
         delivery.count = len(actions)
         return True
 
-    def _encode_actions(self, kind: str, encode: BatchEncode, payload: bytes, low: int,
+    def _encode_actions(self, kind: str, encode: ColumnsEncode, payload: bytes, low: int,
                         high: int, records: Optional[int]) -> Optional[list[bytes]]:
         """The actions of every record in ``payload`` (an array of ``records`` records, None:
         not an array) through ``encode_batch``; None when the record-by-record path must
@@ -265,7 +290,7 @@ class MessageDecoder:
             return None
         if encoded is None:
             return None
-        if not isinstance(encoded, list) or len(encoded) != records:
+        if not isinstance(encoded, Columns) or len(encoded.ids) != records:
             # One item per record, or the actions cannot be matched to their records.
             self._rate_limited.warning(
                 "encode_batch", "encode_batch_failed", kind=kind,
@@ -280,15 +305,25 @@ class MessageDecoder:
             )
             return None
 
-    def _assemble(self, kind: str, encoded: list[Encoded], low: int,
+    def _assemble(self, kind: str, columns: Columns, low: int,
                   high: int) -> Optional[list[bytes]]:
-        """The ``create`` actions of ``encode_batch``'s documents; None when the slow
-        path must decide. Checked and built column by column, in C-level passes."""
-        if not encoded:
+        """The ``create`` actions of the documents in ``columns``; None when the slow path
+        must decide. Checked and built column by column, in C-level passes: each document
+        is joined straight into its action."""
+        ids, stamps, parts = columns
+        count = len(ids)
+        if not count:
             return []
-        if not _THREE.issuperset(map(len, encoded)):  # zip(*) would drop what is past 3
-            raise ValueError("encode_batch made items that are not (id, ts, JSON)")
-        ids, stamps, sources = zip(*encoded)
+        if len(stamps) != count or not parts:
+            raise ValueError("encode_columns made columns of different lengths, or no parts")
+        documents: list[Iterable[bytes]] = []
+        for part in parts:
+            if isinstance(part, bytes):
+                documents.append(repeat(part))
+            elif len(part) == count:  # zip would stop at the shortest, shifting documents
+                documents.append(part)
+            else:
+                raise ValueError(f"encode_columns made a part of {len(part)} items for {count}")
         # What the slow path would refuse, it must be the one to refuse.
         if not (_STR.issuperset(map(type, ids)) and _INT.issuperset(map(type, stamps))):
             return None
@@ -308,7 +343,7 @@ class MessageDecoder:
         except ValueError:  # a ts no index can hold: the slow path names it, per record
             return None
         return list(map(b"".join, zip(
-            prefixes, map(orjson.dumps, ids), repeat(b"}}\n"), sources, repeat(b"\n")
+            prefixes, map(orjson.dumps, ids), repeat(b"}}\n"), *documents, repeat(b"\n")
         )))
 
     def _prefix_of(self, kind: str, day: int) -> bytes:

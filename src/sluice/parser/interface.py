@@ -10,18 +10,23 @@ In a chain, the first parser makes the document from the raw record and the ones
 transform that document, so a transform's "record" is the previous parser's output.
 
 A parser may also offer :class:`BatchEncoder`'s ``encode_batch``, an optional fast path
-that turns a whole message into JSON documents in one pass; ``parse`` stays the
-definition of what the parser does, and the compliance suite checks that both agree.
+that turns a whole message into JSON documents in one pass, and next to it
+:class:`ColumnEncoder`'s ``encode_columns``, the same documents as :class:`Columns`;
+``parse`` stays the definition of what the parser does, and the compliance suite checks
+that they all agree.
 
 This module is typing only; :mod:`sluice.parser.registry` builds parsers and chains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Union, runtime_checkable
 
-__all__ = ["ANY_KIND", "BatchEncoder", "Document", "Encoded", "Parser", "ParserFactory", "Record"]
+__all__ = [
+    "ANY_KIND", "BatchEncoder", "ColumnEncoder", "Columns", "Document", "Encoded", "Parser",
+    "ParserFactory", "Record",
+]
 
 #: In ``Parser.kinds``: the parser accepts records of every kind (transforms do).
 ANY_KIND = "*"
@@ -31,6 +36,20 @@ Document = dict[str, Any]
 #: One document of :meth:`BatchEncoder.encode_batch`: its ``id``, its ``ts`` (integer epoch
 #: milliseconds) and the whole document as one JSON object.
 Encoded = tuple[str, int, bytes]
+
+
+class Columns(NamedTuple):
+    """A message's documents, column by column (:meth:`ColumnEncoder.encode_columns`).
+
+    Document k is the concatenation of every part's k-th item, in order; a ``bytes`` part
+    is the same in every document, any other part holds one item per record. So a
+    document is joined once, where the worker needs it, instead of once by the parser and
+    again into its bulk action.
+    """
+
+    ids: Sequence[str]
+    stamps: Sequence[int]
+    parts: tuple[Union[bytes, Sequence[bytes]], ...]
 
 
 @runtime_checkable
@@ -82,4 +101,19 @@ class BatchEncoder(Protocol):
 
         Return a list only when ``parse`` would accept every record: each item is
         ``(doc["id"], doc["ts"], JSON of doc)`` for ``doc = parse(record)``. Never raise.
+        """
+
+
+@runtime_checkable
+class ColumnEncoder(Protocol):
+    """Optional, next to :class:`BatchEncoder`: ``encode_batch``'s documents as columns.
+
+    The worker prefers it when the parser is alone in its chain: a document of columns is
+    joined straight into its bulk action, which saves a join and a tuple per record.
+    """
+
+    def encode_columns(self, payload: bytes) -> Optional[Columns]:
+        """What ``encode_batch(payload)`` returns, as :class:`Columns`: None exactly when
+        it is None; otherwise ``ids[k]``, ``stamps[k]`` and the parts of document k are
+        item k of ``encode_batch``'s list. Never raise.
         """

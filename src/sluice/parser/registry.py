@@ -26,7 +26,17 @@ from typing import Callable, Optional, Union
 
 from ..errors import ConfigError, RecordError
 from .builtin import MeasurementParser, UppercaseParser
-from .interface import ANY_KIND, BatchEncoder, Document, Encoded, Parser, ParserFactory, Record
+from .interface import (
+    ANY_KIND,
+    BatchEncoder,
+    ColumnEncoder,
+    Columns,
+    Document,
+    Encoded,
+    Parser,
+    ParserFactory,
+    Record,
+)
 
 __all__ = [
     "BUILTIN",
@@ -57,10 +67,11 @@ class ParserChain:
     worker stopping on every redelivery.
 
     ``encode_batch`` is the parser's own fast path (:class:`BatchEncoder`) when the chain
-    is that one parser, else None: a transform after it needs the documents as maps.
+    is that one parser, else None: a transform after it needs the documents as maps; and
+    so is ``encode_columns`` (:class:`ColumnEncoder`).
     """
 
-    __slots__ = ("_first", "_rest", "encode_batch", "kinds", "names", "parsers")
+    __slots__ = ("_first", "_rest", "encode_batch", "encode_columns", "kinds", "names", "parsers")
 
     def __init__(self, parsers: Sequence[Parser]) -> None:
         if not parsers:
@@ -80,6 +91,10 @@ class ParserChain:
         self.encode_batch: Optional[Callable[[bytes], Optional[list[Encoded]]]] = (
             first.encode_batch if len(self.parsers) == 1 and isinstance(first, BatchEncoder)
             else None
+        )
+        self.encode_columns: Optional[Callable[[bytes], Optional[Columns]]] = (
+            first.encode_columns
+            if self.encode_batch is not None and isinstance(first, ColumnEncoder) else None
         )
 
     def accepts(self, kind: str) -> bool:
