@@ -28,7 +28,7 @@ def _settings(*argv: str, environ: dict[str, str] | None = None) -> ClientSettin
 
 def test_defaults_match_the_service_contract() -> None:
     s = _settings()
-    assert (s.target, s.connections, s.batch_size, s.kind) == ("localhost:7000", 1, 500, "measurement")
+    assert (s.target, s.connections, s.batch_size, s.kind) == ("localhost:7000", 1, 2000, "measurement")
     assert s.host_port == ("localhost", 7000)
     assert s.seed is None and not s.json
 

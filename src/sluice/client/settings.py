@@ -30,7 +30,7 @@ class ClientSettings(CommonSettings):
     target: str = option("localhost:7000", "server (or load balancer) to stream to, HOST:PORT",
                          metavar="HOST:PORT")
     connections: int = option(1, "persistent connections to open, each with its own batches")
-    batch_size: int = option(500, "records per batch (one frame, one AMQP message)")
+    batch_size: int = option(2000, "records per batch (one frame, one AMQP message)")
     linger_ms: float = option(50.0, "send a partial batch once its first record is this old (ms)")
     rate: float = option(0.0, "records per second to generate; 0 = as fast as they are acked")
     duration: Seconds = option(0.0, "how long to generate, e.g. 90s, 5m, 1h30m (plain numbers "
