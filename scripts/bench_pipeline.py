@@ -80,6 +80,7 @@ class Endpoint(asyncio.Protocol):
         self._transport: Optional[asyncio.Transport] = None
         self._head = b""  # request line and headers, until their blank line
         self._path = ""
+        self._head_only = False  # a HEAD request: the answer's headers, no body
         self._close = False
         self._left = -1  # body bytes still to come; -1: reading the head
         self._chunks: list[bytes] = []
@@ -91,7 +92,8 @@ class Endpoint(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         while data:
             if self._left < 0:
-                head = self._head + data
+                # Blank lines before a request line are to be ignored (RFC 9112, 2.2).
+                head = (self._head + data).lstrip(b"\r\n")
                 end = head.find(b"\r\n\r\n")
                 if end < 0:
                     self._head = head
@@ -110,13 +112,19 @@ class Endpoint(asyncio.Protocol):
     def _start(self, head: bytes) -> bool:
         """Read the request line and headers; False when the connection is closed."""
         lines = head.decode("latin-1").split("\r\n")
-        self._path = lines[0].split(" ")[1].split("?")[0] if " " in lines[0] else ""
+        request = lines[0].split(" ")
+        self._path = request[1].split("?")[0] if len(request) > 1 else ""
+        self._head_only = request[0] == "HEAD"
         headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip().lower()
         assert self._transport is not None
-        self._close = headers.get("connection") == "close"
+        connection = headers.get("connection", "")
+        if request[-1] == "HTTP/1.0":  # persistent only when asked for
+            self._close = connection != "keep-alive"
+        else:
+            self._close = connection == "close"
         if "transfer-encoding" in headers or (
                 "content-length" not in headers and lines[0].startswith(("POST", "PUT"))):
             self._respond(b"{}", status=b"411 Length Required")
@@ -159,11 +167,9 @@ class Endpoint(asyncio.Protocol):
         stats["last_at"] = now_ms
         if not chunks:
             return
-        # A "ts" cut at a chunk's end does not match (the pattern wants what follows it).
-        found = [_TS.search(chunk) for chunk in (chunks[0], chunks[len(chunks) // 2])]
-        tail = chunks[-1]
-        found.append(_TS.search(tail, max(0, len(tail) - 600)))
-        stamps = [int(m.group(1)) for m in found if m is not None]
+        size = sum(map(len, chunks))
+        found = [_ts_after(chunks, at) for at in (0, size // 2, max(0, size - 600))]
+        stamps = [ts for ts in found if ts is not None]
         for ts in stamps:
             self._samples.append((now_ms - ts, docs / len(stamps)))
         if stamps:
@@ -173,7 +179,23 @@ class Endpoint(asyncio.Protocol):
     def _respond(self, body: bytes, status: bytes = b"200 OK") -> None:
         assert self._transport is not None
         self._transport.write(b"HTTP/1.1 " + status + _HEADERS + b"Content-Length: "
-                              + str(len(body)).encode() + b"\r\n\r\n" + body)
+                              + str(len(body)).encode() + b"\r\n\r\n"
+                              + (b"" if self._head_only else body))
+
+
+def _ts_after(chunks: list[bytes], offset: int) -> Optional[int]:
+    """The first ``ts`` after byte ``offset`` of the body in ``chunks``. A ``ts`` cut at a
+    chunk's end does not match (the pattern wants what follows the number), so when the
+    chunk holds none, it is searched again joined with the next two."""
+    index = 0
+    while index < len(chunks) and offset >= len(chunks[index]):
+        offset -= len(chunks[index])
+        index += 1
+    if index == len(chunks):
+        return None
+    found = (_TS.search(chunks[index], offset)
+             or _TS.search(b"".join(chunks[index:index + 3]), offset))
+    return int(found.group(1)) if found is not None else None
 
 
 @functools.lru_cache(maxsize=64)

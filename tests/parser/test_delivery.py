@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from sluice.es import index_name
 from sluice.parser.deadletter import POISON
 from sluice.parser.delivery import SMALL_BODY, MessageDecoder
+from sluice.parser.interface import Columns
 from sluice.parser.registry import build_chain
 from sluice.records import TsWindow
 
@@ -206,6 +207,54 @@ def test_an_encode_batch_out_of_its_contract_leaves_the_message_to_parse(corrupt
     assert (delivery.positions, delivery.letters) == (list(range(6)), [])
     assert comparable(delivery.actions) == comparable(slow.actions)
     assert [doc["id"] for _, doc in comparable(delivery.actions)] == [r["id"] for r in records]
+
+
+def with_columns(chain: Any, encode_columns: Any) -> Any:
+    """``chain`` whose ``encode_columns`` is replaced by ``encode_columns``."""
+    return SimpleNamespace(names=chain.names, accepts=chain.accepts, parse=chain.parse,
+                           encode_batch=chain.encode_batch, encode_columns=encode_columns)
+
+
+COLUMN_CORRUPTIONS = {
+    "ids_a_map": lambda c: c._replace(ids=map(str, c.ids)),
+    "ids_a_generator": lambda c: c._replace(ids=(i for i in c.ids)),
+    "ids_none": lambda c: c._replace(ids=None),
+    "ids_one_string": lambda c: c._replace(ids="".join(i[0] for i in c.ids)),
+    "ids_short": lambda c: c._replace(ids=c.ids[:-1]),
+    "stamps_a_map": lambda c: c._replace(stamps=map(int, c.stamps)),
+    "stamps_short": lambda c: c._replace(stamps=c.stamps[:-1]),
+    "a_part_short": lambda c: c._replace(parts=tuple(
+        p if isinstance(p, bytes) else p[:-1] for p in c.parts)),
+    "text_parts": lambda c: c._replace(parts=tuple(
+        p.decode() if isinstance(p, bytes) else p for p in c.parts)),
+    "no_parts": lambda c: c._replace(parts=()),
+    "a_plain_tuple": lambda c: tuple(c),
+    "a_list_of_items": lambda c: list(zip(c.ids, c.stamps, c.ids)),
+}
+
+
+@pytest.mark.parametrize("corrupt", COLUMN_CORRUPTIONS.values(), ids=COLUMN_CORRUPTIONS.keys())
+def test_encode_columns_out_of_its_contract_leaves_the_message_to_parse(corrupt: Any) -> None:
+    """Whatever shape a plugin's columns take, the message goes the record-by-record way
+    with its records in place, and the decoder never raises (in the worker, an exception
+    would requeue the message for ever)."""
+    records = make_records(4)
+    body = msgpack.packb(records)
+    chain = build_chain(["measurement"])
+    columns = chain.encode_columns(body)
+    assert isinstance(columns, Columns) and len(columns.ids) == 4
+    broken = MessageDecoder("px", {"measurement": with_columns(
+        chain, lambda payload: corrupt(chain.encode_columns(payload)))})
+    slow = MessageDecoder("px", {"measurement": without_fast_path(chain)})
+    with capture_logs() as logs:
+        delivery = broken.decode("measurement", message(body))
+        together = broken.decode_many("measurement", messages_of([body, _valid(2)]))
+    expected = slow.decode("measurement", message(body))
+    assert (delivery.positions, delivery.letters) == (list(range(4)), [])
+    assert comparable(delivery.actions) == comparable(expected.actions)
+    assert comparable(together[0].actions) == comparable(expected.actions)
+    assert [d.count for d in together] == [4, 2]
+    assert [entry for entry in logs if entry["event"] == "encode_batch_failed"]
 
 
 def test_items_that_are_not_triples_are_reported_as_the_plugins_bug() -> None:

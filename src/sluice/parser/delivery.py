@@ -77,12 +77,15 @@ def _array_length(body: bytes) -> Optional[int]:
 
 
 def _length(items: Any) -> Any:
-    if isinstance(items, Columns):
-        return len(items.ids)
+    """How many documents ``encode_batch`` or ``encode_columns`` made; a description of
+    what it made instead when that has no length (never raises: it judges a plugin)."""
+    column = items.ids if isinstance(items, Columns) else items
+    if isinstance(column, (str, bytes)):
+        return f"no list but a {type(column).__name__}"
     try:
-        return len(items)
+        return len(column)
     except TypeError:
-        return f"no list but a {type(items).__name__}"
+        return f"no list but a {type(column).__name__}"
 
 
 def _as_columns(encode: BatchEncode) -> ColumnsEncode:
@@ -290,7 +293,7 @@ class MessageDecoder:
             return None
         if encoded is None:
             return None
-        if not isinstance(encoded, Columns) or len(encoded.ids) != records:
+        if not isinstance(encoded, Columns) or _length(encoded) != records:
             # One item per record, or the actions cannot be matched to their records.
             self._rate_limited.warning(
                 "encode_batch", "encode_batch_failed", kind=kind,
