@@ -86,7 +86,7 @@ source_tag() {
     for path in pyproject.toml README.md LICENSE src docker/Dockerfile docker/sluice-healthcheck; do
         [[ -e $path ]] && paths+=("$path")
     done
-    sum=$(find "${paths[@]}" -type f ! -name '*.py[co]' ! -path '*/__pycache__/*' ! -path '*.egg-info/*' \
+    sum=$(find "${paths[@]}" -type f ! -name '*.py[co]' ! -name '*.so' ! -path '*/__pycache__/*' ! -path '*.egg-info/*' \
               -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum)
     echo "src-${sum:0:16}"
 }

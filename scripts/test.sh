@@ -5,7 +5,7 @@
 #
 # Creates a virtualenv (.venv-<python version>), installs sluice with its test extras,
 # makes sure the services the tests use are there (RabbitMQ, nginx with the stream module,
-# Chromium), then runs pytest. Settings:
+# Chromium; gcc, which builds the measurement parser's compiled path), then runs pytest. Settings:
 #   SLUICE_PYTHON=3.11|3.9|/path/to/python   interpreter to test with (default: python3)
 #   SLUICE_AMQP_URL=amqp://...               use this broker instead of starting one
 #   SLUICE_ES_URL=http://...                 use a real Elasticsearch instead of the stand-in
@@ -26,6 +26,8 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+# A C compiler, for the measurement parser's compiled fast path (the tests check it is built).
+ensure_binary /usr/bin/gcc gcc libc6-dev
 "$VENV/bin/python" -m pip install -q -e ".[test,lint]"
 
 # Checked by file, not package name: any nginx with the stream module will do.

@@ -115,6 +115,8 @@ def test_no_import_cycles_among_sluice_modules() -> None:
     piece down a floor), so imports anywhere in a module count."""
     paths = {name: Path(str(importlib.util.find_spec(name).origin))  # type: ignore[union-attr]
              for name in ["sluice", *MODULES]}
+    # A compiled module (sluice.parser._measurements) imports nothing of sluice.
+    paths = {name: path for name, path in paths.items() if path.suffix == ".py"}
     assert import_cycles(import_graph(paths)) == []
 
 
