@@ -349,11 +349,13 @@ write_record(const Record *rec, PyObject **head, PyObject **rest)
                  && PUT_LITERAL(b, ":") && put_string(b, rec->tag_value[t], rec->n_tag_value[t]);
         ok = ok && PUT_LITERAL(b, "}");
     }
-    if (!ok) {
+    if (!ok)
         PyErr_NoMemory();
+    if (!ok || (*rest = bytes_of(b)) == NULL) {
+        Py_CLEAR(*head);
         return 0;
     }
-    return (*rest = bytes_of(b)) != NULL;
+    return 1;
 }
 
 static PyObject *
